@@ -1,0 +1,1 @@
+"""Command line and end-to-end demo (may import every top-level package)."""

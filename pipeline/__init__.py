@@ -1,0 +1,1 @@
+"""The TFX pipeline that turns behaviour events into a pushed interest model."""

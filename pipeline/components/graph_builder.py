@@ -1,0 +1,220 @@
+"""GraphBuilder: validated events -> one interest subgraph per prediction point.
+
+A Beam component (so `beam_pipeline_args` take it to Flink, Spark or Dataflow).
+It groups events by user, orders each user's history in time and, per user,
+makes the chronological leave-one-out split:
+
+    test   the user's last event
+    eval   the event before it (validation: early stopping and blessing)
+    train  every earlier event
+
+For each prediction point (u, t) it writes u's interest subgraph built from
+events strictly before t (`schemas.graph`, the same code the online client
+runs) plus the label (the item touched at t). Evaluation points also carry the
+items the user had interacted with before t, which ranking must exclude.
+
+It refuses to run on data that ExampleValidator found anomalous, and writes the
+item catalog (with training-split interaction counts only) into its output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import apache_beam as beam
+import tensorflow as tf
+from tensorflow_metadata.proto.v0 import anomalies_pb2
+from tfx import types
+from tfx.dsl.components.base import base_beam_component, base_beam_executor, executor_spec
+from tfx.types import artifact_utils, standard_artifacts
+from tfx.types.component_spec import ChannelParameter, ExecutionParameter
+
+from pipeline.components.event_example_gen import example_to_event
+from schemas import graph as g
+from schemas.catalog import CatalogEntry, catalog_path, write_catalog
+from schemas.events import Event, Item, read_items
+
+SPLITS = ("train", "eval", "test")
+SEEN_ITEM_IDS = "meta/seen_item_ids"
+
+
+class DataAnomaliesError(RuntimeError):
+    """ExampleValidator found anomalies; the message lists them."""
+
+
+def split_user_history(
+    user_id: str, events: Iterable[Event], max_events: int, item_categories: Mapping[str, Sequence[str]]
+) -> Iterator[tuple[str, bytes]]:
+    """Yields (split, serialized example) for each prediction point of one user.
+
+    Args:
+      user_id: the user.
+      events: all of the user's events.
+      max_events: the event window bound.
+      item_categories: item_id -> categories, from the catalog.
+
+    Returns:
+      An iterator over the user's training, validation and test examples.
+      Training points with an empty window (nothing strictly earlier) are
+      skipped; validation and test points are always kept, so cold users are
+      evaluated too.
+    """
+    history = sorted(events, key=g.event_order)
+    n = len(history)
+    for i, target in enumerate(history):
+        split = "test" if i == n - 1 else "eval" if i == n - 2 else "train"
+        window = g.select_event_window(history[:i], target.timestamp, max_events)
+        if split == "train" and not window:
+            continue
+        example = g.encode_interest_subgraph(window, target.timestamp, item_categories)
+        g.add_training_label(example, user_id, target)
+        if split != "train":
+            seen = sorted({e.item_id for e in history[:i]})
+            example.features.feature[SEEN_ITEM_IDS].bytes_list.value.extend(s.encode() for s in seen)
+        yield split, example.SerializeToString()
+
+
+class _BuildUserExamples(beam.DoFn):
+    def __init__(self, items_path: str, max_events: int) -> None:
+        self._items_path = items_path
+        self._max_events = max_events
+
+    def setup(self) -> None:
+        # Each worker reads the catalog once; it is small next to the events.
+        items, _ = read_items(self._items_path)
+        self._categories = {i.item_id: i.categories for i in items}
+
+    def process(self, element: tuple[str, Iterable[Event]]) -> Iterator[beam.pvalue.TaggedOutput]:
+        user_id, events = element
+        for split, example in split_user_history(user_id, events, self._max_events, self._categories):
+            yield beam.pvalue.TaggedOutput(split, example)
+
+
+def _training_items(element: tuple[str, Iterable[Event]]) -> Iterator[str]:
+    history = sorted(element[1], key=g.event_order)
+    for event in history[:-2]:
+        yield event.item_id
+
+
+def read_anomalies(anomalies_uri: str) -> list[str]:
+    """Readable descriptions of every anomaly ExampleValidator recorded."""
+    problems = []
+    for path in tf.io.gfile.glob(os.path.join(anomalies_uri, "*", "SchemaDiff.pb")):
+        anomalies = anomalies_pb2.Anomalies()
+        anomalies.ParseFromString(tf.io.gfile.GFile(path, "rb").read())
+        split = os.path.basename(os.path.dirname(path)).removeprefix("Split-")
+        for feature, info in anomalies.anomaly_info.items():
+            problems.append(f"[{split}] feature '{feature}': {info.short_description} ({info.description})")
+        if anomalies.HasField("dataset_anomaly_info"):
+            info = anomalies.dataset_anomaly_info
+            problems.append(f"[{split}] dataset: {info.short_description} ({info.description})")
+    return problems
+
+
+class GraphBuilderExecutor(base_beam_executor.BaseBeamExecutor):
+    """Builds the graph examples and the item catalog."""
+
+    def Do(  # noqa: N802
+        self,
+        input_dict: dict[str, list[types.Artifact]],
+        output_dict: dict[str, list[types.Artifact]],
+        exec_properties: dict[str, Any],
+    ) -> None:
+        problems = read_anomalies(artifact_utils.get_single_uri(input_dict["anomalies"]))
+        if problems:
+            raise DataAnomaliesError(
+                "ExampleValidator found anomalies in the events; fix the data or the schema "
+                "(schemas/events_schema.pbtxt):\n  " + "\n  ".join(problems)
+            )
+        examples = artifact_utils.get_single_instance(input_dict["examples"])
+        output = artifact_utils.get_single_instance(output_dict["graph_examples"])
+        output.split_names = artifact_utils.encode_split_names(list(SPLITS))
+        items_path = exec_properties["items_path"]
+        max_events = int(exec_properties["max_events"])
+        patterns = [
+            os.path.join(artifact_utils.get_split_uri([examples], split), "*")
+            for split in artifact_utils.decode_split_names(examples.split_names)
+        ]
+        counts_path = os.path.join(output.uri, "train_item_counts")
+        with self._make_beam_pipeline() as p:
+            by_user = (
+                p
+                | "EventFiles" >> beam.Create(patterns)
+                | "ReadEvents" >> beam.io.ReadAllFromTFRecord()
+                | "ToEvent" >> beam.Map(lambda b: example_to_event(tf.train.Example.FromString(b)))
+                | "KeyByUser" >> beam.Map(lambda e: (e.user_id, e))
+                | "GroupByUser" >> beam.GroupByKey()
+            )
+            per_split = by_user | "BuildSubgraphs" >> beam.ParDo(
+                _BuildUserExamples(items_path, max_events)
+            ).with_outputs(*SPLITS)
+            for split in SPLITS:
+                _ = per_split[split] | f"Write{split}" >> beam.io.WriteToTFRecord(
+                    os.path.join(artifact_utils.get_split_uri([output], split), "data_tfrecord"),
+                    file_name_suffix=".gz",
+                )
+            _ = (
+                by_user
+                | "TrainingItems" >> beam.FlatMap(_training_items)
+                | "CountItems" >> beam.combiners.Count.PerElement()
+                | "CountsToJson" >> beam.Map(json.dumps)
+                | "WriteCounts" >> beam.io.WriteToText(counts_path, num_shards=1, shard_name_template="")
+            )
+        write_catalog(catalog_path(output.uri), _catalog_entries(items_path, counts_path))
+
+
+def _catalog_entries(items_path: str, counts_path: str) -> list[CatalogEntry]:
+    counts: Counter[str] = Counter()
+    with tf.io.gfile.GFile(counts_path) as f:
+        for line in f:
+            item_id, count = json.loads(line)
+            counts[item_id] = count
+    items, _ = read_items(items_path)
+    known = {i.item_id for i in items}
+    # Items that occur in events but not in the catalog still get an entry
+    # (no text, no categories) so the model can learn them from behaviour.
+    extra = [Item(item_id, "", "", ()) for item_id in sorted(counts) if item_id not in known]
+    return [CatalogEntry(item, counts.get(item.item_id, 0)) for item in items + extra]
+
+
+class GraphBuilderSpec(types.ComponentSpec):
+    """Inputs: validated events and their anomalies; output: graph examples."""
+
+    PARAMETERS = {
+        "items_path": ExecutionParameter(type=str),
+        "max_events": ExecutionParameter(type=int),
+    }
+    INPUTS = {
+        "examples": ChannelParameter(type=standard_artifacts.Examples),
+        "anomalies": ChannelParameter(type=standard_artifacts.ExampleAnomalies),
+    }
+    OUTPUTS = {"graph_examples": ChannelParameter(type=standard_artifacts.Examples)}
+
+
+class GraphBuilder(base_beam_component.BaseBeamComponent):
+    """TFX component that writes interest subgraphs per prediction point.
+
+    Args:
+      examples: the events from ExampleGen.
+      anomalies: ExampleValidator's output; any anomaly stops the run.
+      items_path: the item catalog file (CSV or JSONL).
+      max_events: the event window bound.
+    """
+
+    SPEC_CLASS = GraphBuilderSpec
+    EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(GraphBuilderExecutor)
+
+    def __init__(self, examples: types.BaseChannel, anomalies: types.BaseChannel, items_path: str, max_events: int):
+        super().__init__(
+            spec=GraphBuilderSpec(
+                examples=examples,
+                anomalies=anomalies,
+                items_path=items_path,
+                max_events=max_events,
+                graph_examples=types.Channel(type=standard_artifacts.Examples),
+            )
+        )

@@ -1,0 +1,184 @@
+"""RankingEvaluator: full-ranking metrics of a SavedModel, and the push decision.
+
+TFMA's Evaluator scores examples one by one; next-item recommendation needs a
+ranking over the whole catalog per prediction point, so this component runs
+the exported serving signatures themselves (what TF Serving will run) over the
+validation split, with `trainer.metrics` (the code every other evaluation
+uses). It blesses the candidate only if its NDCG@10 is at least that of the
+last blessed model measured on the same split, so a worse model never reaches
+the serving directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from tfx import types
+from tfx.components.evaluator import constants as eval_constants
+from tfx.dsl.components.base import base_component, base_executor, executor_spec
+from tfx.types import artifact_utils, standard_artifacts
+from tfx.types.component_spec import ChannelParameter, ExecutionParameter
+from tfx.utils import path_utils
+
+from pipeline.components.graph_builder import SEEN_ITEM_IDS
+from schemas import graph as g
+from schemas import signatures as s
+from schemas.catalog import catalog_path, read_catalog
+from trainer.metrics import MAX_CUTOFF, items_by_popularity, popularity_ranking, ranking_metrics
+
+METRICS_FILE = "metrics.json"
+BLESSING_METRIC = "ndcg@10"
+
+
+def read_evaluation_points(example_files: Sequence[str]) -> tuple[list[bytes], list[str], list[list[str]]]:
+    """(serialized subgraphs, target item ids, items to exclude) of evaluation examples."""
+    files = sorted(f for p in example_files for f in tf.io.gfile.glob(p))
+    if not files:
+        raise FileNotFoundError(f"no evaluation examples match {list(example_files)}")
+    serialized, targets, seen = [], [], []
+    for record in tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator():
+        features = tf.train.Example.FromString(record).features.feature
+        serialized.append(record)
+        targets.append(features[g.LABEL_ITEM_ID].bytes_list.value[0].decode())
+        seen.append([v.decode() for v in features[SEEN_ITEM_IDS].bytes_list.value])
+    return serialized, targets, seen
+
+
+def saved_model_rankings(
+    model_dir: str, subgraphs: Sequence[bytes], exclude: Sequence[Sequence[str]], batch_size: int = 256
+) -> list[list[str]]:
+    """Top-MAX_CUTOFF items per prediction point from the exported signatures."""
+    loaded = tf.saved_model.load(model_dir)
+    update = loaded.signatures[s.UPDATE_INTEREST]
+    recommend = loaded.signatures[s.RECOMMEND]
+    rankings: list[list[str]] = []
+    for start in range(0, len(subgraphs), batch_size):
+        batch = list(subgraphs[start : start + batch_size])
+        state = update(**{s.SUBGRAPH: tf.constant(batch)})[s.INTEREST_STATE]
+        width = max(1, max(len(x) for x in exclude[start : start + batch_size]))
+        padded = [list(x) + [s.PADDING_ITEM_ID] * (width - len(x)) for x in exclude[start : start + batch_size]]
+        top = recommend(
+            **{
+                s.INTEREST_STATE: state,
+                s.EXCLUDE_ITEM_IDS: tf.constant(padded, tf.string),
+                s.K: tf.constant(MAX_CUTOFF, tf.int32),
+            }
+        )[s.ITEM_IDS].numpy()
+        rankings.extend([i.decode() for i in row if i] for row in top)
+    return rankings
+
+
+def evaluate(model_dir: str, example_files: Sequence[str], catalog_file: str) -> dict[str, Any]:
+    """Metrics of the model and of the most-popular baseline on the same points.
+
+    Returns:
+      {"model": metrics, "popularity": metrics, "protocol": description}.
+    """
+    subgraphs, targets, seen = read_evaluation_points(example_files)
+    counts = {e.item.item_id: e.train_count for e in read_catalog(catalog_file)}
+    popular = items_by_popularity(counts)
+    return {
+        "protocol": "chronological leave-one-out; full ranking over all items the user has not interacted with",
+        "model": ranking_metrics(saved_model_rankings(model_dir, subgraphs, seen), [[t] for t in targets]),
+        "popularity": ranking_metrics(
+            [popularity_ranking(popular, exclude) for exclude in seen], [[t] for t in targets]
+        ),
+    }
+
+
+class RankingEvaluatorExecutor(base_executor.BaseExecutor):
+    def Do(  # noqa: N802
+        self,
+        input_dict: dict[str, list[types.Artifact]],
+        output_dict: dict[str, list[types.Artifact]],
+        exec_properties: dict[str, Any],
+    ) -> None:
+        examples = artifact_utils.get_single_instance(input_dict["examples"])
+        model = artifact_utils.get_single_instance(input_dict["model"])
+        split = exec_properties["split"]
+        files = [os.path.join(artifact_utils.get_split_uri([examples], split), "*")]
+        catalog_file = catalog_path(examples.uri)
+        result = evaluate(path_utils.serving_model_path(model.uri), files, catalog_file)
+        result["split"] = split
+        baselines = input_dict.get("baseline_model") or []
+        baseline_value = None
+        if baselines:
+            baseline = evaluate(path_utils.serving_model_path(baselines[0].uri), files, catalog_file)
+            result["baseline_model"] = baseline["model"]
+            baseline_value = baseline["model"][BLESSING_METRIC]
+        value = result["model"][BLESSING_METRIC]
+        blessed = baseline_value is None or value >= baseline_value
+        result["blessed"] = blessed
+        result["blessing_rule"] = f"{BLESSING_METRIC} >= last blessed model's ({baseline_value})"
+        evaluation = artifact_utils.get_single_instance(output_dict["evaluation"])
+        with tf.io.gfile.GFile(os.path.join(evaluation.uri, METRICS_FILE), "w") as f:
+            f.write(json.dumps(result, indent=2))
+        blessing = artifact_utils.get_single_instance(output_dict["blessing"])
+        blessing.set_int_custom_property(eval_constants.ARTIFACT_PROPERTY_BLESSED_KEY, int(blessed))
+        blessing.set_int_custom_property(eval_constants.ARTIFACT_PROPERTY_CURRENT_MODEL_ID_KEY, model.id)
+        blessing.set_string_custom_property(eval_constants.ARTIFACT_PROPERTY_CURRENT_MODEL_URI_KEY, model.uri)
+        if baselines:
+            blessing.set_int_custom_property(
+                eval_constants.ARTIFACT_PROPERTY_BASELINE_MODEL_ID_KEY, baselines[0].id
+            )
+        with tf.io.gfile.GFile(
+            os.path.join(blessing.uri, "BLESSED" if blessed else "NOT_BLESSED"), "w"
+        ) as f:
+            f.write(json.dumps({BLESSING_METRIC: value, "baseline": baseline_value}))
+        print(
+            f"[evaluator] {split}: {BLESSING_METRIC}={value:.4f} (popularity "
+            f"{result['popularity'][BLESSING_METRIC]:.4f}, last blessed {baseline_value}) -> "
+            f"{'BLESSED' if blessed else 'NOT BLESSED'}",
+            flush=True,
+        )
+
+
+class RankingEvaluatorSpec(types.ComponentSpec):
+    PARAMETERS = {"split": ExecutionParameter(type=str)}
+    INPUTS = {
+        "examples": ChannelParameter(type=standard_artifacts.Examples),
+        "model": ChannelParameter(type=standard_artifacts.Model),
+        "baseline_model": ChannelParameter(type=standard_artifacts.Model, optional=True),
+    }
+    OUTPUTS = {
+        "evaluation": ChannelParameter(type=standard_artifacts.ModelEvaluation),
+        "blessing": ChannelParameter(type=standard_artifacts.ModelBlessing),
+    }
+
+
+class RankingEvaluator(base_component.BaseComponent):
+    """Evaluates a trained model with full-ranking metrics and blesses it or not.
+
+    Args:
+      examples: graph examples (with the evaluation split and the catalog).
+      model: the candidate model.
+      baseline_model: the last blessed model (from a LatestBlessedModelStrategy
+        resolver), if any.
+      split: which split to evaluate on (validation by default).
+    """
+
+    SPEC_CLASS = RankingEvaluatorSpec
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(RankingEvaluatorExecutor)
+
+    def __init__(
+        self,
+        examples: types.BaseChannel,
+        model: types.BaseChannel,
+        baseline_model: types.BaseChannel | None = None,
+        split: str = "eval",
+    ):
+        super().__init__(
+            spec=RankingEvaluatorSpec(
+                examples=examples,
+                model=model,
+                baseline_model=baseline_model,
+                split=split,
+                evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
+                blessing=types.Channel(type=standard_artifacts.ModelBlessing),
+            )
+        )

@@ -1,0 +1,268 @@
+"""Behaviour events and item records: the documented input format.
+
+An event is one thing a user did to an item at a moment in time. Every input
+file (CSV or JSONL), the TFX ExampleGen, the online client and the adapters of
+public datasets go through `parse_event`, so a row is accepted or rejected by
+the same rule everywhere.
+
+Event fields (CSV header or JSON keys):
+
+    user_id     required, non-empty string
+    item_id     required, non-empty string
+    event_type  required, one of EVENT_TYPES
+    timestamp   required, Unix seconds (integer or decimal number)
+    value       optional number; required for `rating` (the rating itself);
+                defaults to 1.0 otherwise
+    text        optional free text (a review's body), at most MAX_TEXT_CHARS
+    event_id    optional unique id; derived from the other fields when absent,
+                so that replaying the same row is recognisably the same event
+
+Item fields: item_id (required), title, description, categories (a `|`
+separated list in CSV, a list in JSON).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+EVENT_TYPES: tuple[str, ...] = ("view", "click", "cart", "purchase", "rating", "review")
+EVENT_FIELDS: tuple[str, ...] = (
+    "user_id",
+    "item_id",
+    "event_type",
+    "timestamp",
+    "value",
+    "text",
+    "event_id",
+)
+REQUIRED_EVENT_FIELDS: tuple[str, ...] = ("user_id", "item_id", "event_type", "timestamp")
+ITEM_FIELDS: tuple[str, ...] = ("item_id", "title", "description", "categories")
+CATEGORY_SEPARATOR = "|"
+MAX_TEXT_CHARS = 20_000
+MAX_ID_CHARS = 256
+
+
+class InvalidRecord(ValueError):
+    """A record that breaks the input contract; the message says what and where."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """One behaviour event, validated."""
+
+    user_id: str
+    item_id: str
+    event_type: str
+    timestamp: int
+    value: float
+    text: str
+    event_id: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+    """One catalog item; its text is what the BERT encoder reads."""
+
+    item_id: str
+    title: str
+    description: str
+    categories: tuple[str, ...]
+
+    @property
+    def text(self) -> str:
+        """The text that represents the item to the language model."""
+        parts = [self.title, self.description, ", ".join(self.categories)]
+        return ". ".join(p for p in parts if p)
+
+
+@dataclasses.dataclass(frozen=True)
+class RejectedRecord:
+    """A record that was not accepted, kept with where it came from and why."""
+
+    source: str
+    line: int
+    reason: str
+    raw: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def derive_event_id(user_id: str, item_id: str, event_type: str, timestamp: int) -> str:
+    """A stable id for events that arrive without one (same row, same id)."""
+    key = f"{user_id}\x1f{item_id}\x1f{event_type}\x1f{timestamp}".encode()
+    return hashlib.sha1(key).hexdigest()[:20]
+
+
+def _text_field(record: Mapping[str, Any], name: str, max_chars: int) -> str:
+    raw = record.get(name)
+    value = "" if raw is None else str(raw).strip()
+    if len(value) > max_chars:
+        raise InvalidRecord(f"field '{name}' is {len(value)} characters long; the limit is {max_chars}")
+    return value
+
+
+def parse_event(record: Mapping[str, Any]) -> Event:
+    """Validates one raw event record and returns it as an `Event`.
+
+    Args:
+      record: field name -> raw value, as read from CSV (all strings) or JSON.
+
+    Returns:
+      The validated event.
+
+    Raises:
+      InvalidRecord: with a message naming the offending field.
+    """
+    if not isinstance(record, Mapping):
+        raise InvalidRecord(f"an event must be an object with fields {EVENT_FIELDS}, got {type(record).__name__}")
+    missing = [f for f in REQUIRED_EVENT_FIELDS if record.get(f) in (None, "")]
+    if missing:
+        raise InvalidRecord(f"missing required field(s): {', '.join(missing)}")
+    user_id = _text_field(record, "user_id", MAX_ID_CHARS)
+    item_id = _text_field(record, "item_id", MAX_ID_CHARS)
+    if not user_id or not item_id:
+        raise InvalidRecord("user_id and item_id must not be blank")
+    event_type = str(record["event_type"]).strip().lower()
+    if event_type not in EVENT_TYPES:
+        raise InvalidRecord(f"unknown event_type {record['event_type']!r}; expected one of {', '.join(EVENT_TYPES)}")
+    timestamp = _number(record["timestamp"], "timestamp")
+    if timestamp < 0:
+        raise InvalidRecord(f"timestamp {record['timestamp']!r} is negative")
+    raw_value = record.get("value")
+    if raw_value in (None, ""):
+        if event_type == "rating":
+            raise InvalidRecord("a rating event needs a numeric 'value' (the rating)")
+        value = 1.0
+    else:
+        value = _number(raw_value, "value")
+    text = _text_field(record, "text", MAX_TEXT_CHARS)
+    event_id = _text_field(record, "event_id", MAX_ID_CHARS) or derive_event_id(
+        user_id, item_id, event_type, int(timestamp)
+    )
+    return Event(user_id, item_id, event_type, int(timestamp), float(value), text, event_id)
+
+
+def _number(raw: Any, name: str) -> float:
+    if isinstance(raw, bool):
+        raise InvalidRecord(f"field '{name}' must be a number, got a boolean")
+    try:
+        number = float(raw)
+    except (TypeError, ValueError):
+        raise InvalidRecord(f"field '{name}' must be a number, got {raw!r}") from None
+    if not math.isfinite(number):
+        raise InvalidRecord(f"field '{name}' must be a finite number, got {raw!r}")
+    return number
+
+
+def parse_item(record: Mapping[str, Any]) -> Item:
+    """Validates one raw catalog record.
+
+    Args:
+      record: field name -> raw value; `categories` is a list or a
+        `|`-separated string.
+
+    Returns:
+      The validated item.
+
+    Raises:
+      InvalidRecord: when `item_id` is missing or a field is malformed.
+    """
+    if not isinstance(record, Mapping):
+        raise InvalidRecord(f"an item must be an object with fields {ITEM_FIELDS}")
+    item_id = _text_field(record, "item_id", MAX_ID_CHARS)
+    if not item_id:
+        raise InvalidRecord("missing required field: item_id")
+    raw_categories = record.get("categories") or []
+    if isinstance(raw_categories, str):
+        raw_categories = raw_categories.split(CATEGORY_SEPARATOR)
+    if not isinstance(raw_categories, (list, tuple)):
+        raise InvalidRecord("field 'categories' must be a list or a '|'-separated string")
+    categories = tuple(c.strip() for c in map(str, raw_categories) if c.strip())
+    return Item(
+        item_id=item_id,
+        title=_text_field(record, "title", MAX_TEXT_CHARS),
+        description=_text_field(record, "description", MAX_TEXT_CHARS),
+        categories=categories,
+    )
+
+
+def read_records(path: str) -> Iterator[tuple[int, Mapping[str, Any] | None, str, str]]:
+    """Yields (line number, record, raw line, error) from a CSV or JSONL file.
+
+    `record` is None and `error` says why when a line cannot be read at all.
+
+    The format is chosen by extension: `.jsonl`/`.json` is JSON lines, anything
+    else is CSV with a header row. Line numbers are 1-based physical lines, as an
+    editor shows them, so a rejected row can be found.
+    """
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        if path.endswith((".jsonl", ".json")):
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    yield number, json.loads(line), line.rstrip("\n"), ""
+                except json.JSONDecodeError as e:
+                    yield number, None, line.rstrip("\n"), f"invalid JSON: {e.msg} at column {e.colno}"
+            return
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            return
+        header = [h.strip() for h in header]
+        line = reader.line_num
+        for row in reader:
+            start, line = line + 1, reader.line_num
+            raw = ",".join(row)
+            if len(row) != len(header):
+                yield start, None, raw, f"expected {len(header)} columns, got {len(row)}"
+                continue
+            yield start, dict(zip(header, row)), raw, ""
+
+
+def read_events(path: str) -> Iterator[Event | RejectedRecord]:
+    """Reads an event file, yielding each valid `Event` or a `RejectedRecord`.
+
+    Args:
+      path: a CSV (with header) or JSONL file of events.
+
+    Returns:
+      An iterator over accepted events and rejected rows, in file order; one
+      bad row never stops the others.
+    """
+    source = os.path.abspath(path)
+    for number, record, raw, error in read_records(path):
+        if record is None:
+            yield RejectedRecord(source, number, error, raw)
+            continue
+        try:
+            yield parse_event(record)
+        except InvalidRecord as e:
+            yield RejectedRecord(source, number, str(e), raw)
+
+
+def read_items(path: str) -> tuple[list[Item], list[RejectedRecord]]:
+    """Reads an item catalog (CSV or JSONL); returns accepted items and rejected rows."""
+    items: list[Item] = []
+    rejected: list[RejectedRecord] = []
+    source = os.path.abspath(path)
+    for number, record, raw, error in read_records(path):
+        if record is None:
+            rejected.append(RejectedRecord(source, number, error, raw))
+            continue
+        try:
+            items.append(parse_item(record))
+        except InvalidRecord as e:
+            rejected.append(RejectedRecord(source, number, str(e), raw))
+    return items, rejected

@@ -1,0 +1,1 @@
+"""Model serving: TF Serving-compatible gRPC server, client and deploy configs."""

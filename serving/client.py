@@ -1,0 +1,191 @@
+"""The interest client: folds new events into users' interest states over gRPC.
+
+It talks to any server that speaks TensorFlow Serving's PredictionService (our
+embedded model server or the real tensorflow_model_server) and keeps events and
+states in an interest store.
+
+    record(events)      validate, store, rebuild each touched user's bounded
+                        subgraph, call `update_interest`, save the new state
+                        with the model version that produced it
+    recommend(user, k)  top-k items the user has not interacted with yet
+    score(user, items)  the model's score of given items for the user
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_service_pb2_grpc
+
+from schemas import signatures as s
+from schemas.events import Event, InvalidRecord, RejectedRecord, parse_event
+from schemas.graph import EventWindowConfig, encode_interest_subgraph, select_event_window
+from serving.interest_store import InterestStateRecord, SqliteInterestStore
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordResult:
+    """What `record` did.
+
+    Attributes:
+      accepted: events stored now (duplicates of stored events are not counted).
+      duplicates: events whose event_id was already stored.
+      rejected: records that broke the event contract, with the reason.
+      updated_users: users whose interest state was recomputed.
+      model_version: the model version that computed the new states.
+    """
+
+    accepted: int
+    duplicates: int
+    rejected: list[RejectedRecord]
+    updated_users: list[str]
+    model_version: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Recommendation:
+    item_id: str
+    score: float
+
+
+class InterestClient:
+    """Client library for incremental interest updates and recommendations.
+
+    Args:
+      target: the model server's gRPC address, e.g. "127.0.0.1:8500".
+      store: where events and states are kept.
+      model_name: the served model's name.
+      window: the bounded event window (must match the one used in training).
+      timeout_s: deadline of every gRPC call.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        store: SqliteInterestStore,
+        model_name: str = s.DEFAULT_MODEL_NAME,
+        window: EventWindowConfig = EventWindowConfig(),
+        timeout_s: float = 10.0,
+    ) -> None:
+        self.target = target
+        self.store = store
+        self.model_name = model_name
+        self.window = window
+        self.timeout_s = timeout_s
+        self._channel = grpc.insecure_channel(target)
+        self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> InterestClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _predict(self, signature: str, inputs: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], int]:
+        request = predict_pb2.PredictRequest(
+            model_spec=model_pb2.ModelSpec(name=self.model_name, signature_name=signature)
+        )
+        for name, value in inputs.items():
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+        response = self._stub.Predict(request, timeout=self.timeout_s)
+        outputs = {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
+        return outputs, response.model_spec.version.value
+
+    def record(self, records: Iterable[Mapping[str, Any] | Event], source: str = "<record>") -> RecordResult:
+        """Stores new events and brings the touched users' interest states up to date.
+
+        Args:
+          records: events as `Event`s or raw mappings in the documented format.
+          source: a name for where the records came from, used in rejections.
+
+        Returns:
+          A `RecordResult`; invalid records are returned in `rejected` and do
+          not stop the valid ones.
+        """
+        events: list[Event] = []
+        rejected: list[RejectedRecord] = []
+        for number, record in enumerate(records, start=1):
+            if isinstance(record, Event):
+                events.append(record)
+                continue
+            try:
+                events.append(parse_event(record))
+            except InvalidRecord as e:
+                rejected.append(RejectedRecord(source, number, str(e), repr(dict(record)) if isinstance(record, Mapping) else repr(record)))
+        added = self.store.add_events(events)
+        users = list(dict.fromkeys(e.user_id for e in added))
+        version = self.update_interests(users) if users else None
+        return RecordResult(len(added), len(events) - len(added), rejected, users, version)
+
+    def subgraph(self, user_id: str, events: Sequence[Event] | None = None) -> bytes:
+        """The serialized interest subgraph of a user's stored history, right after its last event."""
+        history = self.store.user_events(user_id) if events is None else list(events)
+        prediction_time = (max(e.timestamp for e in history) + 1) if history else int(time.time())
+        window = select_event_window(history, prediction_time, self.window.max_events)
+        categories = self.store.item_categories([e.item_id for e in window])
+        return encode_interest_subgraph(window, prediction_time, categories).SerializeToString()
+
+    def update_interests(self, user_ids: Sequence[str]) -> int:
+        """Recomputes and saves the interest states of users in one request; returns the model version."""
+        histories = {u: self.store.user_events(u) for u in user_ids}
+        subgraphs = [self.subgraph(u, histories[u]) for u in user_ids]
+        outputs, version = self._predict(s.UPDATE_INTEREST, {s.SUBGRAPH: np.array(subgraphs, dtype=object)})
+        for user_id, state in zip(user_ids, outputs[s.INTEREST_STATE]):
+            self.store.save_state(user_id, state, version, len(histories[user_id]))
+        return version
+
+    def interest_state(self, user_id: str) -> InterestStateRecord:
+        """The user's stored state; computed now for users without one (new users)."""
+        record = self.store.load_state(user_id)
+        if record is None:
+            self.update_interests([user_id])
+            record = self.store.load_state(user_id)
+            assert record is not None
+        return record
+
+    def recommend(self, user_id: str, k: int = 10) -> list[Recommendation]:
+        """Top-k items for the user, excluding items the user already interacted with.
+
+        A user the store has never seen gets recommendations from an empty
+        history (the model's answer for a newcomer), not an error. If the
+        state was computed by an older model version than the one now served,
+        it is recomputed first so state and item vectors always match.
+        """
+        if k <= 0:
+            raise ValueError(f"k must be positive, got {k}")
+        state = self.interest_state(user_id)
+        seen = sorted({e.item_id for e in self.store.user_events(user_id)}) or [s.PADDING_ITEM_ID]
+        inputs = {
+            s.INTEREST_STATE: state.state[None, :],
+            s.EXCLUDE_ITEM_IDS: np.array([seen], dtype=object),
+            s.K: np.int32(k),
+        }
+        outputs, version = self._predict(s.RECOMMEND, inputs)
+        if version != state.model_version:
+            self.update_interests([user_id])
+            inputs[s.INTEREST_STATE] = self.interest_state(user_id).state[None, :]
+            outputs, version = self._predict(s.RECOMMEND, inputs)
+        return [
+            Recommendation(item.decode(), float(score))
+            for item, score in zip(outputs[s.ITEM_IDS][0], outputs[s.SCORES][0])
+            if item
+        ]
+
+    def score(self, user_id: str, item_ids: Sequence[str]) -> dict[str, float]:
+        """The model's score of each given item for the user (-inf for unknown items)."""
+        if not item_ids:
+            return {}
+        state = self.interest_state(user_id)
+        outputs, _ = self._predict(
+            s.SCORE, {s.INTEREST_STATE: state.state[None, :], s.ITEM_IDS: np.array([list(item_ids)], dtype=object)}
+        )
+        return {item: float(v) for item, v in zip(item_ids, outputs[s.SCORES][0])}

@@ -1,0 +1,68 @@
+"""Training configuration: one typed object, defaults sized for a 2-core CPU.
+
+GPU profile (documented, selected with `TrainerConfig.gpu()`): larger batches
+and more epochs; the same code runs on both, TensorFlow places ops on the GPU
+when one is visible.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from schemas.signatures import INTEREST_DIM
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerConfig:
+    """Hyperparameters of the interest model and its training loop.
+
+    Attributes:
+      interest_dim: width of item vectors and of the interest state (fixed by
+        the serving contract).
+      event_dim: width of the event (edge) representation.
+      category_dim: width of category embeddings.
+      attention_heads: heads of the GATv2 attention from events to the user.
+      epochs: maximum passes over the training prediction points.
+      batch_size: prediction points per step.
+      learning_rate: Adam learning rate.
+      num_sampled: negatives per step of the sampled-softmax loss.
+      early_stopping_patience: epochs without validation improvement before
+        training stops (best weights are restored).
+      text_sequence_length: word pieces of item text read by BERT.
+      seed: random seed of weights and sampling.
+    """
+
+    interest_dim: int = INTEREST_DIM
+    event_dim: int = 16
+    category_dim: int = 16
+    attention_heads: int = 4
+    epochs: int = 8
+    batch_size: int = 256
+    learning_rate: float = 2e-3
+    num_sampled: int = 256
+    early_stopping_patience: int = 2
+    text_sequence_length: int = 48
+    seed: int = 7
+
+    def __post_init__(self) -> None:
+        if self.interest_dim != INTEREST_DIM:
+            raise ValueError(f"interest_dim must equal the serving contract's INTEREST_DIM={INTEREST_DIM}")
+        if self.interest_dim % self.attention_heads:
+            raise ValueError("interest_dim must be divisible by attention_heads")
+
+    @classmethod
+    def gpu(cls) -> TrainerConfig:
+        """The GPU profile: bigger batches, more negatives, more epochs."""
+        return cls(epochs=20, batch_size=1024, num_sampled=1024, early_stopping_patience=3)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainerConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown trainer settings: {sorted(unknown)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,120 @@
+"""Exports the trained interest model as a SavedModel for TensorFlow Serving.
+
+The SavedModel's signatures are the serving contract of `schemas/signatures`.
+They take plain tensors (serialized subgraphs, float states, string ids), so
+the model loads with only `tensorflow` imported, as TF Serving's C++ loader
+sees it: the GraphTensor parsing is inside the graph, made of core parse ops.
+Warmup requests go to `assets.extra/tf_serving_warmup_requests` so the first
+real request does not pay for graph initialisation.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+from collections.abc import Sequence  # noqa: E402
+
+import tensorflow as tf  # noqa: E402
+from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2  # noqa: E402
+
+from schemas import signatures as s  # noqa: E402
+from trainer.graph_dataset import graph_tensor_spec, parse_subgraphs  # noqa: E402
+from trainer.interest_model import InterestModel  # noqa: E402
+from trainer.item_tower import OOV_INDEX  # noqa: E402
+
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+
+
+def _spec(contract: s.SignatureContract) -> list[tf.TensorSpec]:
+    return [tf.TensorSpec(t.shape, tf.as_dtype(t.dtype), name=t.name) for t in contract.inputs]
+
+
+def export_serving_model(model: InterestModel, export_dir: str, warmup_subgraphs: Sequence[bytes]) -> None:
+    """Writes the SavedModel with the update, recommend and score signatures.
+
+    Args:
+      model: the trained model.
+      export_dir: the directory to write (e.g. TFX's serving_model_dir).
+      warmup_subgraphs: a few serialized subgraphs used to build warmup
+        requests for every signature.
+    """
+    spec = graph_tensor_spec()
+    tower = model.item_tower
+    # Item vectors are fixed after training: compute them once at export time
+    # instead of on every request.
+    item_vectors = tf.Variable(tower.all_item_vectors(), trainable=False, name="item_vectors")
+    item_bias = tf.Variable(
+        tower.bias + tf.one_hot(OOV_INDEX, tower.vocabulary_size, on_value=-1e9, off_value=0.0),
+        trainable=False,
+        name="item_bias",
+    )
+    vocabulary = tf.constant([s.PADDING_ITEM_ID] + tower.item_ids)
+
+    archive = tf.keras.export.ExportArchive()
+    archive.track(model)
+    archive.item_vectors = item_vectors
+    archive.item_bias = item_bias
+
+    def all_scores(interest_state: tf.Tensor) -> tf.Tensor:
+        return tf.matmul(interest_state, item_vectors, transpose_b=True) + item_bias
+
+    @tf.function(input_signature=_spec(s.SIGNATURES[s.UPDATE_INTEREST]))
+    def update_interest(subgraph: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {s.INTEREST_STATE: model.encoder(parse_subgraphs(subgraph, spec), training=False)}
+
+    @tf.function(input_signature=_spec(s.SIGNATURES[s.RECOMMEND]))
+    def recommend(interest_state: tf.Tensor, exclude_item_ids: tf.Tensor, k: tf.Tensor) -> dict[str, tf.Tensor]:
+        scores = all_scores(interest_state)
+        excluded = tower.indices(exclude_item_ids)
+        rows = tf.broadcast_to(tf.range(tf.shape(excluded)[0], dtype=excluded.dtype)[:, None], tf.shape(excluded))
+        positions = tf.reshape(tf.stack([rows, excluded], axis=-1), [-1, 2])
+        scores = tf.tensor_scatter_nd_update(scores, positions, tf.fill([tf.shape(positions)[0]], -1e9))
+        top = tf.math.top_k(scores, k=tf.clip_by_value(k, 0, tower.vocabulary_size - 1))
+        # Items still at -1e9 are excluded or unknown: never recommend them.
+        keep = top.values > -1e8
+        ids = tf.where(keep, tf.gather(vocabulary, top.indices), s.PADDING_ITEM_ID)
+        return {s.ITEM_IDS: ids, s.SCORES: tf.where(keep, top.values, float("-inf"))}
+
+    @tf.function(input_signature=_spec(s.SIGNATURES[s.SCORE]))
+    def score(interest_state: tf.Tensor, item_ids: tf.Tensor) -> dict[str, tf.Tensor]:
+        vectors = tf.gather(item_vectors, tower.indices(item_ids))
+        bias = tf.gather(item_bias, tower.indices(item_ids))
+        values = tf.einsum("bd,bnd->bn", interest_state, vectors) + bias
+        # Unknown items get -inf: ranked last, and visibly not a real score.
+        return {s.SCORES: tf.where(bias < -1e8, float("-inf"), values)}
+
+    archive.add_endpoint(s.UPDATE_INTEREST, update_interest)
+    archive.add_endpoint(s.RECOMMEND, recommend)
+    archive.add_endpoint(s.SCORE, score)
+    archive.write_out(export_dir)
+    write_warmup_requests(export_dir, update_interest, warmup_subgraphs, tower.item_ids[:3])
+
+
+def write_warmup_requests(
+    export_dir: str, update_interest: tf.types.experimental.GenericFunction, subgraphs: Sequence[bytes],
+    sample_item_ids: Sequence[str],
+) -> None:
+    """Writes one PredictionLog per signature, as TF Serving's warmup expects."""
+    subgraph_batch = tf.constant(list(subgraphs), tf.string)
+    state = update_interest(subgraph_batch)[s.INTEREST_STATE].numpy()
+    n = len(subgraphs)
+    requests = {
+        s.UPDATE_INTEREST: {s.SUBGRAPH: subgraph_batch},
+        s.RECOMMEND: {
+            s.INTEREST_STATE: state,
+            s.EXCLUDE_ITEM_IDS: tf.constant([[sample_item_ids[0], s.PADDING_ITEM_ID]] * n),
+            s.K: tf.constant(10, tf.int32),
+        },
+        s.SCORE: {s.INTEREST_STATE: state, s.ITEM_IDS: tf.constant([list(sample_item_ids)] * n)},
+    }
+    path = os.path.join(export_dir, WARMUP_FILE)
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    with tf.io.TFRecordWriter(path) as writer:
+        for signature, inputs in requests.items():
+            request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(signature_name=signature))
+            for name, value in inputs.items():
+                request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())

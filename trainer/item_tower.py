@@ -1,0 +1,118 @@
+"""Item vectors: what the model knows of each item, from text, categories and use."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+from collections.abc import Sequence  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+OOV_INDEX = 0
+
+
+class ItemTower(tf.keras.layers.Layer):
+    """Maps item ids to item vectors and popularity biases.
+
+    An item's vector is the sum of three views: a learned projection of its
+    frozen BERT text vector (so items with little history still have a
+    meaningful place in the space), the mean of its categories' embeddings, and
+    a learned id embedding that captures what text cannot (co-consumption).
+    A scalar bias per item absorbs popularity, so the dot product with the
+    interest state only has to explain the user-specific part.
+
+    Index 0 is reserved for unknown items; it gets no text and no categories.
+
+    Args:
+      item_ids: the vocabulary, most frequent first (the sampled-softmax
+        log-uniform sampler assumes this order); index i+1 is item_ids[i].
+      text_vectors: [len(item_ids), text_dim] frozen BERT vectors.
+      category_names: the category vocabulary.
+      item_category_ids: per item, indices into category_names.
+      output_dim: width of item vectors.
+      category_dim: width of category embeddings.
+    """
+
+    def __init__(
+        self,
+        item_ids: Sequence[str],
+        text_vectors: np.ndarray | Sequence[Sequence[float]],
+        category_names: Sequence[str],
+        item_category_ids: Sequence[Sequence[int]],
+        output_dim: int,
+        category_dim: int,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.item_ids = list(item_ids)
+        self.text_vectors = np.asarray(text_vectors, dtype=np.float32)
+        self.category_names = list(category_names)
+        self.item_category_ids = [list(c) for c in item_category_ids]
+        self.output_dim = output_dim
+        self.category_dim = category_dim
+        if self.text_vectors.shape[0] != len(self.item_ids):
+            raise ValueError("text_vectors must have one row per item id")
+        self.vocabulary_size = len(self.item_ids) + 1
+        self.item_lookup = tf.keras.layers.StringLookup(vocabulary=self.item_ids, num_oov_indices=1, name="item_lookup")
+        self.category_lookup = tf.keras.layers.StringLookup(
+            vocabulary=self.category_names or ["<none>"], num_oov_indices=1, name="category_lookup"
+        )
+        text = np.concatenate([np.zeros((1, self.text_vectors.shape[1]), np.float32), self.text_vectors])
+        self._text = tf.constant(text)
+        # Row-normalised item x category matrix: an item's category vector is the
+        # mean of its categories' embeddings (category index shifted for OOV).
+        membership = np.zeros((self.vocabulary_size, len(self.category_names) + 1), np.float32)
+        for row, categories in enumerate(self.item_category_ids, start=1):
+            for c in categories:
+                membership[row, c + 1] = 1.0 / len(categories)
+        self._membership = tf.constant(membership)
+        self.text_projection = tf.keras.layers.Dense(output_dim, use_bias=False, name="text_projection")
+        self.category_embedding = tf.keras.layers.Embedding(
+            len(self.category_names) + 1, category_dim, name="category_embedding"
+        )
+        self.category_projection = tf.keras.layers.Dense(output_dim, use_bias=False, name="category_projection")
+        self.id_embedding = tf.keras.layers.Embedding(
+            self.vocabulary_size,
+            output_dim,
+            embeddings_initializer=tf.keras.initializers.RandomNormal(stddev=0.01),
+            name="id_embedding",
+        )
+        self.bias = self.add_weight(name="item_bias", shape=(self.vocabulary_size,), initializer="zeros")
+        # Built now: `all_item_vectors` reads the weight matrices directly.
+        self.text_projection.build((None, self.text_vectors.shape[1]))
+        self.category_embedding.build((None,))
+        self.category_projection.build((None, category_dim))
+        self.id_embedding.build((None,))
+
+    def all_item_vectors(self) -> tf.Tensor:
+        """[vocabulary_size, output_dim] vectors of every item (row 0: unknown)."""
+        category_vectors = tf.matmul(self._membership, self.category_embedding.embeddings)
+        return (
+            self.text_projection(self._text)
+            + self.category_projection(category_vectors)
+            + self.id_embedding.embeddings
+        )
+
+    def indices(self, item_ids: tf.Tensor) -> tf.Tensor:
+        """Vocabulary indices of item ids (0 for unknown items)."""
+        return self.item_lookup(item_ids)
+
+    def call(self, item_ids: tf.Tensor) -> tf.Tensor:
+        """Item vectors of the given ids (any shape; one vector per id)."""
+        return tf.gather(self.all_item_vectors(), self.indices(item_ids))
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            item_ids=self.item_ids,
+            text_vectors=self.text_vectors.tolist(),
+            category_names=self.category_names,
+            item_category_ids=self.item_category_ids,
+            output_dim=self.output_dim,
+            category_dim=self.category_dim,
+        )
+        return config

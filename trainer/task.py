@@ -1,0 +1,200 @@
+"""Training entry points: `run_fn` for the TFX Trainer, and `train` for plain use."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import dataclasses  # noqa: E402
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from schemas.catalog import CatalogEntry, catalog_path, read_catalog  # noqa: E402
+from trainer.config import TrainerConfig  # noqa: E402
+from trainer.export import export_serving_model  # noqa: E402
+from trainer.graph_dataset import training_dataset  # noqa: E402
+from trainer.interest_model import InterestModel  # noqa: E402
+from trainer.item_tower import ItemTower  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+HISTORY_FILE = "training_history.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingInputs:
+    """Where training reads from and writes to.
+
+    Attributes:
+      train_files: globs of training example files.
+      eval_files: globs of validation example files (early stopping).
+      catalog_file: the item catalog written by the graph builder.
+      bert_dir: directory of the pretrained BERT (config.json, model.safetensors, vocab.txt).
+      cache_dir: where item text vectors are cached between runs.
+      serving_model_dir: where the SavedModel is exported.
+      run_dir: where training history and its plot go.
+    """
+
+    train_files: Sequence[str]
+    eval_files: Sequence[str]
+    catalog_file: str
+    bert_dir: str
+    cache_dir: str
+    serving_model_dir: str
+    run_dir: str
+
+
+def item_text_vectors(entries: Sequence[CatalogEntry], bert_dir: str, cache_dir: str, sequence_length: int) -> np.ndarray:
+    """BERT vectors of every item's text, computed once and cached by content hash.
+
+    The encoder is frozen in the CPU profile, so the vectors depend only on the
+    texts, the weights and the sequence length: a cache hit is exact.
+    """
+    texts = [e.item.text for e in entries]
+    weights = os.path.join(bert_dir, "model.safetensors")
+    key = hashlib.sha256(
+        json.dumps([texts, sequence_length, os.path.getsize(weights)]).encode()
+    ).hexdigest()[:16]
+    path = os.path.join(cache_dir, f"item_text_vectors_{key}.npy")
+    if os.path.exists(path):
+        log.info("item text vectors: cache hit %s", path)
+        return np.load(path)
+    from trainer.text_encoder import ItemTextEncoder
+
+    start = time.time()
+    vectors = ItemTextEncoder(bert_dir, sequence_length=sequence_length).encode(texts)
+    log.info("item text vectors: encoded %d items with BERT in %.1fs", len(texts), time.time() - start)
+    os.makedirs(cache_dir, exist_ok=True)
+    np.save(path + ".tmp.npy", vectors)
+    os.replace(path + ".tmp.npy", path)
+    return vectors
+
+
+def build_model(entries: Sequence[CatalogEntry], text_vectors: np.ndarray, config: TrainerConfig) -> InterestModel:
+    """Builds the model over the catalog's items (ordered most frequent first)."""
+    order = sorted(range(len(entries)), key=lambda i: (-entries[i].train_count, entries[i].item.item_id))
+    ordered = [entries[i] for i in order]
+    category_names = sorted({c for e in ordered for c in e.item.categories})
+    category_index = {c: i for i, c in enumerate(category_names)}
+    tower = ItemTower(
+        item_ids=[e.item.item_id for e in ordered],
+        text_vectors=text_vectors[order],
+        category_names=category_names,
+        item_category_ids=[[category_index[c] for c in e.item.categories] for e in ordered],
+        output_dim=config.interest_dim,
+        category_dim=config.category_dim,
+    )
+    return InterestModel(tower, config.interest_dim, config.event_dim, config.attention_heads, config.num_sampled)
+
+
+class _EpochLog(tf.keras.callbacks.Callback):
+    """One progress line per epoch, with time, so long training shows progress."""
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._start = time.time()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        logs = logs or {}
+        print(
+            f"[trainer] epoch {epoch + 1}: loss={logs.get('loss', float('nan')):.4f} "
+            f"val_loss={logs.get('val_loss', float('nan')):.4f} ({time.time() - self._start:.0f}s)",
+            flush=True,
+        )
+
+
+def train(inputs: TrainingInputs, config: TrainerConfig) -> dict[str, Any]:
+    """Trains the interest model and exports it for serving.
+
+    Args:
+      inputs: data, weights and output locations.
+      config: hyperparameters.
+
+    Returns:
+      The training history (per-epoch losses) and timings.
+    """
+    tf.keras.utils.set_random_seed(config.seed)
+    entries = read_catalog(inputs.catalog_file)
+    start = time.time()
+    vectors = item_text_vectors(entries, inputs.bert_dir, inputs.cache_dir, config.text_sequence_length)
+    text_s = time.time() - start
+    model = build_model(entries, vectors, config)
+    model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
+    train_ds = training_dataset(inputs.train_files, config.batch_size, shuffle=True, seed=config.seed)
+    eval_ds = training_dataset(inputs.eval_files, config.batch_size, shuffle=False)
+    # The custom train_step never calls the model itself; one call builds it
+    # (Keras export requires a built model).
+    model(next(iter(eval_ds))[0])
+    start = time.time()
+    history = model.fit(
+        train_ds,
+        validation_data=eval_ds,
+        epochs=config.epochs,
+        verbose=0,
+        callbacks=[
+            _EpochLog(),
+            tf.keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=config.early_stopping_patience, restore_best_weights=True
+            ),
+        ],
+    )
+    fit_s = time.time() - start
+    warmup = [x.numpy() for x in tf.data.TFRecordDataset(tf.io.gfile.glob(inputs.eval_files[0]), "GZIP").take(2)]
+    export_serving_model(model, inputs.serving_model_dir, warmup)
+    result = {
+        "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+        "config": config.to_dict(),
+        "timings_s": {"item_text_vectors": round(text_s, 2), "fit": round(fit_s, 2)},
+        "items": len(entries),
+    }
+    os.makedirs(inputs.run_dir, exist_ok=True)
+    with open(os.path.join(inputs.run_dir, HISTORY_FILE), "w") as f:
+        json.dump(result, f, indent=2)
+    plot_history(result["history"], os.path.join(inputs.run_dir, "training_curve.png"))
+    return result
+
+
+def plot_history(history: dict[str, list[float]], path: str) -> None:
+    """Draws training and validation loss per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for name, values in history.items():
+        ax.plot(range(1, len(values) + 1), values, marker="o", label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss (train: sampled softmax, val: full softmax)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run_fn(fn_args: Any) -> None:
+    """TFX Trainer entry point (GenericExecutor).
+
+    `fn_args.custom_config` holds `bert_dir`, `cache_dir` and optionally
+    `trainer` (TrainerConfig fields). The graph examples artifact carries its
+    item catalog, found next to the split directories.
+    """
+    custom = dict(fn_args.custom_config or {})
+    examples_uri = os.path.dirname(os.path.dirname(fn_args.train_files[0]))
+    inputs = TrainingInputs(
+        train_files=fn_args.train_files,
+        eval_files=fn_args.eval_files,
+        catalog_file=catalog_path(examples_uri),
+        bert_dir=custom["bert_dir"],
+        cache_dir=custom["cache_dir"],
+        serving_model_dir=fn_args.serving_model_dir,
+        run_dir=fn_args.model_run_dir,
+    )
+    train(inputs, TrainerConfig.from_dict(custom.get("trainer", {})))
