@@ -32,7 +32,7 @@ from schemas.events import Event, RejectedRecord, read_events, read_items
 from schemas.graph import event_order
 from serving.client import InterestClient
 from serving.interest_store import SqliteInterestStore
-from trainer.metrics import METRIC_NAMES, MAX_CUTOFF, items_by_popularity, popularity_ranking, ranking_metrics
+from trainer.metrics import MAX_CUTOFF, METRIC_NAMES, items_by_popularity, popularity_ranking, ranking_metrics
 
 SHOWCASE_USERS = 3
 
@@ -71,7 +71,8 @@ def start_model_server(model_base_path: str, model_name: str, port: int, log_pat
                 status = stub.GetModelStatus(
                     get_model_status_pb2.GetModelStatusRequest(model_spec={"name": model_name}), timeout=2
                 )
-                if any(v.state == get_model_status_pb2.ModelVersionStatus.AVAILABLE for v in status.model_version_status):
+                available = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+                if any(v.state == available for v in status.model_version_status):
                     return process
             except grpc.RpcError:
                 pass
@@ -164,7 +165,8 @@ def run_demo(output_dir: str, epochs: int | None = None, max_users: int | None =
     if os.path.exists(store_path):
         os.remove(store_path)
     t = time.time()
-    server = start_model_server(config.models_dir, config.model_name, port, os.path.join(output_dir, "model_server.log"))
+    server_log = os.path.join(output_dir, "model_server.log")
+    server = start_model_server(config.models_dir, config.model_name, port, server_log)
     timings["server_start"] = time.time() - t
     try:
         store = SqliteInterestStore(store_path)

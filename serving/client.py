@@ -24,7 +24,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_service_pb2_grpc
 
 from schemas import signatures as s
-from schemas.events import Event, InvalidRecord, RejectedRecord, parse_event
+from schemas.events import Event, InvalidRecordError, RejectedRecord, parse_event
 from schemas.graph import EventWindowConfig, encode_interest_subgraph, select_event_window
 from serving.interest_store import InterestStateRecord, SqliteInterestStore
 
@@ -70,13 +70,13 @@ class InterestClient:
         target: str,
         store: SqliteInterestStore,
         model_name: str = s.DEFAULT_MODEL_NAME,
-        window: EventWindowConfig = EventWindowConfig(),
+        window: EventWindowConfig | None = None,
         timeout_s: float = 10.0,
     ) -> None:
         self.target = target
         self.store = store
         self.model_name = model_name
-        self.window = window
+        self.window = window or EventWindowConfig()
         self.timeout_s = timeout_s
         self._channel = grpc.insecure_channel(target)
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
@@ -119,8 +119,9 @@ class InterestClient:
                 continue
             try:
                 events.append(parse_event(record))
-            except InvalidRecord as e:
-                rejected.append(RejectedRecord(source, number, str(e), repr(dict(record)) if isinstance(record, Mapping) else repr(record)))
+            except InvalidRecordError as e:
+                raw = repr(dict(record)) if isinstance(record, Mapping) else repr(record)
+                rejected.append(RejectedRecord(source, number, str(e), raw))
         added = self.store.add_events(events)
         users = list(dict.fromkeys(e.user_id for e in added))
         version = self.update_interests(users) if users else None
@@ -139,7 +140,7 @@ class InterestClient:
         histories = {u: self.store.user_events(u) for u in user_ids}
         subgraphs = [self.subgraph(u, histories[u]) for u in user_ids]
         outputs, version = self._predict(s.UPDATE_INTEREST, {s.SUBGRAPH: np.array(subgraphs, dtype=object)})
-        for user_id, state in zip(user_ids, outputs[s.INTEREST_STATE]):
+        for user_id, state in zip(user_ids, outputs[s.INTEREST_STATE], strict=False):
             self.store.save_state(user_id, state, version, len(histories[user_id]))
         return version
 
@@ -176,7 +177,7 @@ class InterestClient:
             outputs, version = self._predict(s.RECOMMEND, inputs)
         return [
             Recommendation(item.decode(), float(score))
-            for item, score in zip(outputs[s.ITEM_IDS][0], outputs[s.SCORES][0])
+            for item, score in zip(outputs[s.ITEM_IDS][0], outputs[s.SCORES][0], strict=False)
             if item
         ]
 
@@ -188,4 +189,4 @@ class InterestClient:
         outputs, _ = self._predict(
             s.SCORE, {s.INTEREST_STATE: state.state[None, :], s.ITEM_IDS: np.array([list(item_ids)], dtype=object)}
         )
-        return {item: float(v) for item, v in zip(item_ids, outputs[s.SCORES][0])}
+        return {item: float(v) for item, v in zip(item_ids, outputs[s.SCORES][0], strict=False)}

@@ -84,7 +84,8 @@ class InterestModel(tf.keras.Model):
         graph, label_ids = data
         with tf.GradientTape() as tape:
             loss = self._loss(graph, label_ids, training=True)
-        self.optimizer.apply_gradients(zip(tape.gradient(loss, self.trainable_variables), self.trainable_variables))
+        gradients = tape.gradient(loss, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables, strict=True))
         self.loss_tracker.update_state(loss)
         return {"loss": self.loss_tracker.result()}
 

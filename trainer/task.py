@@ -52,7 +52,9 @@ class TrainingInputs:
     run_dir: str
 
 
-def item_text_vectors(entries: Sequence[CatalogEntry], bert_dir: str, cache_dir: str, sequence_length: int) -> np.ndarray:
+def item_text_vectors(
+    entries: Sequence[CatalogEntry], bert_dir: str, cache_dir: str, sequence_length: int
+) -> np.ndarray:
     """BERT vectors of every item's text, computed once and cached by content hash.
 
     The encoder is frozen in the CPU profile, so the vectors depend only on the

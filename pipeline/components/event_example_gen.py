@@ -16,9 +16,9 @@ from typing import Any
 
 import apache_beam as beam
 import tensorflow as tf
+from tfx.components import FileBasedExampleGen
 from tfx.components.example_gen.base_example_gen_executor import BaseExampleGenExecutor
 from tfx.dsl.components.base import executor_spec
-from tfx.components import FileBasedExampleGen
 from tfx.v1.proto import Input, Output, SplitConfig
 
 from schemas.events import Event, RejectedRecord, read_events

@@ -16,7 +16,6 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import tensorflow as tf
 from tfx import types
 from tfx.components.evaluator import constants as eval_constants

@@ -35,7 +35,7 @@ def convert_movielens_100k(source_dir: str, output_dir: str) -> tuple[str, str]:
         writer = csv.DictWriter(dst, fieldnames=EVENT_FIELDS)
         writer.writeheader()
         for number, row in enumerate(rows, start=1):
-            record = dict(zip(header, row))
+            record = dict(zip(header, row, strict=False))
             writer.writerow(
                 {
                     "user_id": record["user_id"],
@@ -55,7 +55,7 @@ def convert_movielens_100k(source_dir: str, output_dir: str) -> tuple[str, str]:
         writer = csv.DictWriter(dst, fieldnames=ITEM_FIELDS)
         writer.writeheader()
         for row in rows:
-            record = dict(zip(header, row))
+            record = dict(zip(header, row, strict=False))
             year = record.get("release_year", "").strip()
             writer.writerow(
                 {

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import pytest
+import tensorflow as tf
+from tensorflow_metadata.proto.v0 import anomalies_pb2
+
+from pipeline.components.graph_builder import SEEN_ITEM_IDS, read_anomalies, split_user_history
+from schemas import graph as g
+from schemas.events import Event
+from trainer.graph_dataset import parse_subgraphs
+
+
+def _events() -> list[Event]:
+    # Two events share a timestamp: neither may see the other.
+    times = [100, 200, 200, 300, 400, 500]
+    return [Event("u", f"i{k}", "rating", t, 3.0, "", f"e{k}") for k, t in enumerate(times)]
+
+
+def _examples(max_events: int = 50) -> list[tuple[str, tf.train.Example]]:
+    return [
+        (split, tf.train.Example.FromString(data))
+        for split, data in split_user_history("u", reversed(_events()), max_events, {"i1": ("A",)})
+    ]
+
+
+def test_chronological_leave_one_out_split() -> None:
+    examples = _examples()
+    labels = [(split, ex.features.feature[g.LABEL_ITEM_ID].bytes_list.value[0].decode()) for split, ex in examples]
+    # i0 has nothing before it, so it is no training point.
+    assert labels == [("train", "i1"), ("train", "i2"), ("train", "i3"), ("eval", "i4"), ("test", "i5")]
+
+
+def test_no_subgraph_contains_an_event_at_or_after_its_prediction_time() -> None:
+    for _, example in _examples():
+        graph = parse_subgraphs(tf.constant([example.SerializeToString()]))
+        label_time = example.features.feature[g.META_TIMESTAMP].int64_list.value[0]
+        assert graph.context[g.PREDICTION_TIME].numpy()[0] == label_time
+        assert (graph.edge_sets[g.EVENT][g.EVENT_AGE_DAYS].numpy() > 0).all()
+    second_tie = dict(_examples())["train"]  # the last train point is i3 at t=300
+    items = parse_subgraphs(tf.constant([second_tie.SerializeToString()])).node_sets[g.ITEM][g.ITEM_ID]
+    assert sorted(items.numpy().tolist()) == [b"i0", b"i1", b"i2"]
+    tie = _examples()[1][1]  # i2 at t=200 must not see i1 at t=200
+    items = parse_subgraphs(tf.constant([tie.SerializeToString()])).node_sets[g.ITEM][g.ITEM_ID]
+    assert items.numpy().tolist() == [b"i0"]
+
+
+def test_evaluation_points_carry_every_earlier_item_to_exclude() -> None:
+    split_examples = dict(_examples())
+    seen = split_examples["test"].features.feature[SEEN_ITEM_IDS].bytes_list.value
+    assert sorted(seen) == [b"i0", b"i1", b"i2", b"i3", b"i4"]
+    assert SEEN_ITEM_IDS not in split_examples["train"].features.feature
+
+
+def test_window_bound_applies() -> None:
+    test_example = dict(_examples(max_events=2))["test"]
+    graph = parse_subgraphs(tf.constant([test_example.SerializeToString()]))
+    assert graph.edge_sets[g.EVENT].sizes.numpy().tolist() == [2]
+
+
+def test_anomalies_are_read_into_readable_messages(tmp_path) -> None:
+    anomalies = anomalies_pb2.Anomalies()
+    info = anomalies.anomaly_info["event_type"]
+    info.short_description = "Unexpected string values"
+    info.description = "Examples contain values missing from the schema: like (~1%)."
+    (tmp_path / "Split-events").mkdir()
+    (tmp_path / "Split-events" / "SchemaDiff.pb").write_bytes(anomalies.SerializeToString())
+    problems = read_anomalies(str(tmp_path))
+    assert problems == [
+        "[events] feature 'event_type': Unexpected string values "
+        "(Examples contain values missing from the schema: like (~1%).)"
+    ]
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_short_histories_are_still_evaluated(n: int) -> None:
+    events = _events()[:n]
+    splits = [split for split, _ in split_user_history("u", events, 50, {})]
+    assert splits == (["test"] if n == 1 else ["eval", "test"])

@@ -1,0 +1,125 @@
+"""The interest model really learns, and its export is what TF Serving can load."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline.components.ranking_evaluator import evaluate
+from schemas import signatures as s
+from schemas.catalog import read_catalog
+from tests.trainer import synthetic
+from trainer.config import TrainerConfig
+from trainer.export import WARMUP_FILE, export_serving_model
+from trainer.graph_dataset import training_dataset
+from trainer.task import build_model
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = str(tmp_path_factory.mktemp("synthetic"))
+    paths = synthetic.make_dataset(root)
+    entries = read_catalog(paths["catalog"])
+    config = TrainerConfig(epochs=12, batch_size=64, num_sampled=8, learning_rate=1e-2)
+    tf.keras.utils.set_random_seed(1)
+    model = build_model(entries, synthetic.random_text_vectors(len(entries)), config)
+    model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
+    train = training_dataset([paths["train"]], config.batch_size, shuffle=True, seed=1)
+    model(next(iter(train))[0])
+    history = model.fit(train, epochs=config.epochs, verbose=0)
+    export_dir = os.path.join(root, "export", "1")
+    warmup = [x.numpy() for x in tf.data.TFRecordDataset([paths["eval"]], "GZIP").take(2)]
+    export_serving_model(model, export_dir, warmup)
+    return {"paths": paths, "model": model, "history": history.history, "export_dir": export_dir}
+
+
+def test_training_loss_decreases(trained: dict) -> None:
+    losses = trained["history"]["loss"]
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_learned_model_beats_popularity_on_a_pattern_only_the_graph_reveals(trained: dict) -> None:
+    paths = trained["paths"]
+    result = evaluate(trained["export_dir"], [paths["test"]], paths["catalog"])
+    assert result["model"]["count"] == 240
+    # Next item = successor of the last one: the model should nearly always rank it first.
+    assert result["model"]["mrr@10"] > 0.8, result
+    assert result["model"]["ndcg@10"] > result["popularity"]["ndcg@10"] + 0.3, result
+
+
+def test_export_loads_and_runs_with_only_tensorflow_imported(trained: dict) -> None:
+    export_dir = trained["export_dir"]
+    subgraph = next(iter(tf.data.TFRecordDataset([trained["paths"]["test"]], "GZIP"))).numpy()
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        import tensorflow as tf
+        loaded = tf.saved_model.load({export_dir!r})
+        update = loaded.signatures["{s.UPDATE_INTEREST}"]
+        state = update({s.SUBGRAPH}=tf.constant([{subgraph!r}, {subgraph!r}]))["{s.INTEREST_STATE}"]
+        rec = loaded.signatures["{s.RECOMMEND}"](
+            {s.INTEREST_STATE}=state,
+            {s.EXCLUDE_ITEM_IDS}=tf.constant([["item3", ""], ["", ""]]),
+            {s.K}=tf.constant(5, tf.int32),
+        )
+        everything = loaded.signatures["{s.RECOMMEND}"](
+            {s.INTEREST_STATE}=state[:1], {s.EXCLUDE_ITEM_IDS}=tf.constant([["item0"]]), {s.K}=tf.constant(100),
+        )
+        score = loaded.signatures["{s.SCORE}"](
+            {s.INTEREST_STATE}=state, {s.ITEM_IDS}=tf.constant([["item3", "nope"], ["item3", "item4"]]),
+        )["{s.SCORES}"]
+        print(json.dumps({{
+            "signatures": sorted(loaded.signatures.keys()),
+            "state_shape": state.shape.as_list(),
+            "state_dtype": state.dtype.name,
+            "rec_items": rec["{s.ITEM_IDS}"].numpy().astype(str).tolist(),
+            "rec_scores": rec["{s.SCORES}"].numpy().tolist(),
+            "all_items": everything["{s.ITEM_IDS}"].numpy().astype(str).tolist()[0],
+            "scores": score.numpy().tolist(),
+            "foreign": sorted(m for m in ("tensorflow_gnn", "keras_nlp", "tf_keras", "tensorflow_text")
+                              if m in sys.modules),
+        }}))
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd="/")
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["foreign"] == []
+    assert r["signatures"] == sorted([s.UPDATE_INTEREST, s.RECOMMEND, s.SCORE])
+    assert r["state_shape"] == [2, s.INTEREST_DIM] and r["state_dtype"] == "float32"
+    assert len(r["rec_items"][0]) == 5 and "item3" not in r["rec_items"][0]
+    assert r["rec_scores"][0] == sorted(r["rec_scores"][0], reverse=True)
+    # k larger than the catalog: every item except the excluded one, then padding.
+    assert sorted(i for i in r["all_items"] if i) == sorted(f"item{i}" for i in range(1, 12))
+    assert r["scores"][0][1] == float("-inf")
+    assert r["scores"][0][0] == pytest.approx(r["scores"][1][0], rel=1e-5)
+    assert os.path.getsize(os.path.join(export_dir, WARMUP_FILE)) > 0
+
+
+def test_warmup_file_holds_one_request_per_signature(trained: dict) -> None:
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    logs = [
+        prediction_log_pb2.PredictionLog.FromString(r.numpy())
+        for r in tf.data.TFRecordDataset([os.path.join(trained["export_dir"], WARMUP_FILE)])
+    ]
+    assert sorted(log.predict_log.request.model_spec.signature_name for log in logs) == sorted(s.SIGNATURES)
+
+
+def test_new_user_with_empty_window_gets_a_finite_state(trained: dict) -> None:
+    from schemas.graph import encode_interest_subgraph
+
+    loaded = tf.saved_model.load(trained["export_dir"])
+    empty = encode_interest_subgraph([], 10, {}).SerializeToString()
+    state = loaded.signatures[s.UPDATE_INTEREST](subgraph=tf.constant([empty]))[s.INTEREST_STATE].numpy()
+    assert state.shape == (1, s.INTEREST_DIM) and np.isfinite(state).all()
