@@ -197,6 +197,8 @@ def run_demo(output_dir: str, epochs: int | None = None, max_users: int | None =
             "users_evaluated": len(users),
         },
         "metrics": {
+            "protocol": "test split, chronological leave-one-out, full ranking over all items the user has not "
+            "interacted with",
             "model": ranking_metrics(result["rankings"], result["targets"]),
             "popularity": ranking_metrics(popularity, result["targets"]),
         },
@@ -208,6 +210,7 @@ def run_demo(output_dir: str, epochs: int | None = None, max_users: int | None =
             "p99_ms": round(float(np.percentile(latencies, 99)), 2),
         },
         "showcase": result["showcase"],
+        "training_curve": os.path.join(run.training_run_dir, "training_curve.png"),
     }
     with open(os.path.join(output_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
@@ -241,6 +244,7 @@ def _print_summary(summary: dict[str, Any], titles: dict[str, str], output_dir: 
     print("\nartifacts:")
     print(f"  summary          {os.path.join(output_dir, 'summary.json')}")
     print(f"  served model     {summary['model_path']}")
+    print(f"  training curve   {summary['training_curve']}")
     print(f"  pipeline root    {config.pipeline_root}")
     print(f"  ML Metadata      {config.metadata_path}")
     print(f"  interest states  {os.path.join(output_dir, 'interest_state.sqlite')}")

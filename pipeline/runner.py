@@ -28,6 +28,8 @@ class PipelineRun:
       evaluation: the RankingEvaluator's metrics.json content.
       graph_examples_uri: the GraphBuilder's output (splits and catalog).
       rejected_events: how many event rows were rejected.
+      training_run_dir: the Trainer's run directory (training history and
+        its loss-curve picture).
     """
 
     stage_seconds: dict[str, float]
@@ -35,6 +37,7 @@ class PipelineRun:
     evaluation: dict
     graph_examples_uri: str
     rejected_events: int
+    training_run_dir: str
 
 
 def _latest_artifact_uri(store: metadata_store.MetadataStore, type_name: str) -> str:
@@ -70,6 +73,7 @@ def run_pipeline(config: PipelineConfig) -> PipelineRun:
                 execution.last_update_time_since_epoch - execution.create_time_since_epoch
             ) / 1000
         evaluation_uri = _latest_artifact_uri(store, "ModelEvaluation")
+        training_run_dir = _latest_artifact_uri(store, "ModelRun")
         graph_examples_uri = [
             a.uri for a in store.get_artifacts_by_type("Examples") if "GraphBuilder" in a.uri
         ][-1]
@@ -87,4 +91,4 @@ def run_pipeline(config: PipelineConfig) -> PipelineRun:
             rejected = sum(1 for _ in f)
     for name, seconds in stage_seconds.items():
         print(f"[pipeline]   {name:<32} {seconds:7.1f}s", flush=True)
-    return PipelineRun(stage_seconds, pushed_dir, evaluation, graph_examples_uri, rejected)
+    return PipelineRun(stage_seconds, pushed_dir, evaluation, graph_examples_uri, rejected, training_run_dir)

@@ -23,6 +23,9 @@ INTEREST_DIM = 64
 UPDATE_INTEREST = "update_interest"
 RECOMMEND = "recommend"
 SCORE = "score"
+# A request without a signature name gets TF Serving's "serving_default"; the
+# export makes it the same function as update_interest.
+DEFAULT_SIGNATURE = "serving_default"
 
 SUBGRAPH = "subgraph"
 INTEREST_STATE = "interest_state"

@@ -134,8 +134,9 @@ def test_client_records_events_and_recommends_over_grpc(server: str, pipeline_ru
         # Unknown users and items are served, not errors.
         newcomer = client.recommend("someone-new", k=5)
         assert len(newcomer) == 5 and {r.item_id for r in newcomer} <= catalog
-        scores = client.score("1", [before[0].item_id, "no-such-item"])
-        assert scores[before[0].item_id] == pytest.approx(before[0].score, rel=1e-4)
+        best = client.recommend("1", k=1)[0]
+        scores = client.score("1", [best.item_id, "no-such-item"])
+        assert scores[best.item_id] == pytest.approx(best.score, rel=1e-4)
         assert scores["no-such-item"] == float("-inf")
         cold = client.record([{"user_id": "2", "item_id": "brand-new-item", "event_type": "click", "timestamp": 5}])
         assert cold.accepted == 1 and len(client.recommend("2", k=3)) == 3

@@ -86,6 +86,7 @@ def export_serving_model(model: InterestModel, export_dir: str, warmup_subgraphs
         return {s.SCORES: tf.where(bias < -1e8, float("-inf"), values)}
 
     archive.add_endpoint(s.UPDATE_INTEREST, update_interest)
+    archive.add_endpoint(s.DEFAULT_SIGNATURE, update_interest)
     archive.add_endpoint(s.RECOMMEND, recommend)
     archive.add_endpoint(s.SCORE, score)
     archive.write_out(export_dir)

@@ -170,11 +170,13 @@ def plot_history(history: dict[str, list[float]], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    labels = {"loss": "train (sampled softmax)", "val_loss": "validation (full softmax)"}
+    fig, ax = plt.subplots(figsize=(6, 3.6))
     for name, values in history.items():
-        ax.plot(range(1, len(values) + 1), values, marker="o", label=name)
+        ax.plot(range(1, len(values) + 1), values, marker="o", label=labels.get(name, name))
     ax.set_xlabel("epoch")
-    ax.set_ylabel("loss (train: sampled softmax, val: full softmax)")
+    ax.set_ylabel("next-item loss")
+    ax.set_title("Interest model training")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -18,7 +18,7 @@ from pipeline.components.graph_builder import split_user_history
 from schemas.catalog import CatalogEntry, write_catalog
 from schemas.events import Event, Item
 
-NUM_ITEMS = 12
+NUM_ITEMS = 30
 WALK_LENGTH = 9
 
 

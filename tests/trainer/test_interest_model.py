@@ -51,9 +51,10 @@ def test_learned_model_beats_popularity_on_a_pattern_only_the_graph_reveals(trai
     paths = trained["paths"]
     result = evaluate(trained["export_dir"], [paths["test"]], paths["catalog"])
     assert result["model"]["count"] == 240
-    # Next item = successor of the last one: the model should nearly always rank it first.
+    # Next item = successor of the last one: the model should nearly always rank it first,
+    # while popularity (all items about equally frequent) is close to chance.
     assert result["model"]["mrr@10"] > 0.8, result
-    assert result["model"]["ndcg@10"] > result["popularity"]["ndcg@10"] + 0.3, result
+    assert result["popularity"]["mrr@10"] < 0.4, result
 
 
 def test_export_loads_and_runs_with_only_tensorflow_imported(trained: dict) -> None:
@@ -95,12 +96,12 @@ def test_export_loads_and_runs_with_only_tensorflow_imported(trained: dict) -> N
     assert out.returncode == 0, out.stderr[-3000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["foreign"] == []
-    assert r["signatures"] == sorted([s.UPDATE_INTEREST, s.RECOMMEND, s.SCORE])
+    assert r["signatures"] == sorted([s.UPDATE_INTEREST, s.RECOMMEND, s.SCORE, s.DEFAULT_SIGNATURE])
     assert r["state_shape"] == [2, s.INTEREST_DIM] and r["state_dtype"] == "float32"
     assert len(r["rec_items"][0]) == 5 and "item3" not in r["rec_items"][0]
     assert r["rec_scores"][0] == sorted(r["rec_scores"][0], reverse=True)
     # k larger than the catalog: every item except the excluded one, then padding.
-    assert sorted(i for i in r["all_items"] if i) == sorted(f"item{i}" for i in range(1, 12))
+    assert sorted(i for i in r["all_items"] if i) == sorted(f"item{i}" for i in range(1, synthetic.NUM_ITEMS))
     assert r["scores"][0][1] == float("-inf")
     assert r["scores"][0][0] == pytest.approx(r["scores"][1][0], rel=1e-5)
     assert os.path.getsize(os.path.join(export_dir, WARMUP_FILE)) > 0
