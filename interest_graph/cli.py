@@ -7,6 +7,7 @@ that, e.g., `interest-graph recommend` never loads TFX.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -90,6 +91,24 @@ def _recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interests(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        graph = client.interests(args.user)
+        if args.json:
+            print(json.dumps(dataclasses.asdict(graph), indent=2))
+            return 0
+        print(f"user {args.user}: {graph.event_count} events, model version {graph.model_version}")
+        changes = dict(graph.category_changes)
+        print("categories (weight, change since the previous state):")
+        for name, weight in graph.categories:
+            print(f"  {name:<24} {weight:6.3f}  {changes.get(name, 0.0):+6.3f}")
+        print("items:")
+        for item_id, weight in graph.items:
+            item = client.store.item(item_id)
+            print(f"  {item_id:<12} {weight:6.3f}  {item.title if item else ''}")
+    return 0
+
+
 def _score(args: argparse.Namespace) -> int:
     with _client(args) as client:
         print(json.dumps(client.score(args.user, args.items), indent=2))
@@ -168,6 +187,18 @@ def build_parser() -> argparse.ArgumentParser:
     recommend.add_argument("--k", type=int, default=10)
     client_args(recommend)
     recommend.set_defaults(func=_recommend)
+
+    interests = sub.add_parser(
+        "interests",
+        help="a user's readable interest graph: top categories and items with weights, and what moved",
+        description="Show the categories and items that weigh most in the user's current interest state "
+        "(weights sum to 1 over the user's recent window) and how each category's weight changed with the "
+        "latest recorded events.",
+    )
+    interests.add_argument("--user", required=True)
+    interests.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    client_args(interests)
+    interests.set_defaults(func=_interests)
 
     score = sub.add_parser("score", help="score given items for a user")
     score.add_argument("--user", required=True)

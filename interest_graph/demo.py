@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from interest_graph.interest_plot import plot_interest_timeline
 from pipeline.assets import MINILM, MOVIELENS_100K, fetch
 from pipeline.config import PipelineConfig
 from pipeline.datasets.movielens import convert_movielens_100k
@@ -35,6 +37,7 @@ from serving.interest_store import SqliteInterestStore
 from trainer.metrics import MAX_CUTOFF, METRIC_NAMES, items_by_popularity, popularity_ranking, ranking_metrics
 
 SHOWCASE_USERS = 3
+TIMELINE_EVENTS = 10
 
 
 def free_port() -> int:
@@ -123,6 +126,33 @@ def replay(
     return {"rankings": rankings, "targets": targets, "latencies_ms": latencies_ms, "showcase": showcase}
 
 
+def interest_timeline(
+    client: InterestClient,
+    held_out: dict[str, tuple[list[Event], Event]],
+    user_id: str,
+    titles: dict[str, str],
+    path: str,
+) -> list[dict[str, Any]]:
+    """Replays a user's last events one by one, drawing how the interest graph moves.
+
+    The user is replayed under a separate id so the replay above is untouched.
+    """
+    history, test_event = held_out[user_id]
+    events = history + [test_event]
+    alias = f"{user_id}#timeline"
+    renamed = [dataclasses.replace(e, user_id=alias, event_id=f"{e.event_id}#timeline") for e in events]
+    client.record(renamed[:-TIMELINE_EVENTS])
+    steps, timeline = [], []
+    for event in renamed[-TIMELINE_EVENTS:]:
+        client.record([event])
+        graph = client.interests(alias)
+        label = f"{titles.get(event.item_id, event.item_id)[:22]} ({event.value:g})"
+        steps.append((label, graph))
+        timeline.append({"event": event.to_dict(), "categories": graph.categories, "items": graph.items[:5]})
+    plot_interest_timeline(steps, path, f"User {user_id}: interest graph over the last {TIMELINE_EVENTS} events")
+    return timeline
+
+
 def run_demo(output_dir: str, epochs: int | None = None, max_users: int | None = None) -> dict[str, Any]:
     """Runs the whole demo; returns (and writes) the summary."""
     timings: dict[str, float] = {}
@@ -175,6 +205,9 @@ def run_demo(output_dir: str, epochs: int | None = None, max_users: int | None =
             t = time.time()
             result = replay(client, held_out, users)
             timings["replay"] = time.time() - t
+            timeline_user = result["showcase"][0]["user_id"]
+            picture = os.path.join(output_dir, f"interest_graph_user_{timeline_user}.png")
+            timeline = interest_timeline(client, held_out, timeline_user, titles, picture)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -211,6 +244,8 @@ def run_demo(output_dir: str, epochs: int | None = None, max_users: int | None =
         },
         "showcase": result["showcase"],
         "training_curve": os.path.join(run.training_run_dir, "training_curve.png"),
+        "interest_graph_picture": picture,
+        "interest_timeline": timeline,
     }
     with open(os.path.join(output_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
@@ -245,6 +280,7 @@ def _print_summary(summary: dict[str, Any], titles: dict[str, str], output_dir: 
     print(f"  summary          {os.path.join(output_dir, 'summary.json')}")
     print(f"  served model     {summary['model_path']}")
     print(f"  training curve   {summary['training_curve']}")
+    print(f"  interest graph   {summary['interest_graph_picture']}")
     print(f"  pipeline root    {config.pipeline_root}")
     print(f"  ML Metadata      {config.metadata_path}")
     print(f"  interest states  {os.path.join(output_dir, 'interest_state.sqlite')}")

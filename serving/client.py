@@ -54,6 +54,56 @@ class Recommendation:
     score: float
 
 
+@dataclasses.dataclass(frozen=True)
+class InterestGraph:
+    """A user's readable interest graph.
+
+    Attributes:
+      items: (item_id, weight) of the window items that weigh most in the
+        user's current interests, heaviest first.
+      categories: (category, weight), heaviest first.
+      category_changes: category -> weight now minus weight in the previous
+        state (what the latest events moved), largest moves first.
+      model_version: the model version that computed it.
+      event_count: how many of the user's events it reflects.
+    """
+
+    items: list[tuple[str, float]]
+    categories: list[tuple[str, float]]
+    category_changes: list[tuple[str, float]]
+    model_version: int
+    event_count: int
+
+    @classmethod
+    def from_record(cls, record: InterestStateRecord) -> InterestGraph:
+        now = dict(record.interest_graph.get("categories", []))
+        before = dict((record.previous_graph or {}).get("categories", []))
+        changes = {c: now.get(c, 0.0) - before.get(c, 0.0) for c in set(now) | set(before)}
+        return cls(
+            items=[tuple(x) for x in record.interest_graph.get("items", [])],
+            categories=[tuple(x) for x in record.interest_graph.get("categories", [])],
+            category_changes=sorted(changes.items(), key=lambda kv: -abs(kv[1])),
+            model_version=record.model_version,
+            event_count=record.event_count,
+        )
+
+
+def _readable(outputs: Mapping[str, np.ndarray], row: int) -> dict[str, list[list[Any]]]:
+    """The readable interest graph of one row of an update_interest response."""
+
+    def pairs(names: str, weights: str) -> list[list[Any]]:
+        return [
+            [name.decode(), round(float(weight), 6)]
+            for name, weight in zip(outputs[names][row], outputs[weights][row], strict=True)
+            if name
+        ]
+
+    return {
+        "items": pairs(s.INTEREST_ITEM_IDS, s.INTEREST_ITEM_WEIGHTS),
+        "categories": pairs(s.INTEREST_CATEGORIES, s.INTEREST_CATEGORY_WEIGHTS),
+    }
+
+
 class InterestClient:
     """Client library for incremental interest updates and recommendations.
 
@@ -140,8 +190,10 @@ class InterestClient:
         histories = {u: self.store.user_events(u) for u in user_ids}
         subgraphs = [self.subgraph(u, histories[u]) for u in user_ids]
         outputs, version = self._predict(s.UPDATE_INTEREST, {s.SUBGRAPH: np.array(subgraphs, dtype=object)})
-        for user_id, state in zip(user_ids, outputs[s.INTEREST_STATE], strict=False):
-            self.store.save_state(user_id, state, version, len(histories[user_id]))
+        for row, user_id in enumerate(user_ids):
+            self.store.save_state(
+                user_id, outputs[s.INTEREST_STATE][row], version, len(histories[user_id]), _readable(outputs, row)
+            )
         return version
 
     def interest_state(self, user_id: str) -> InterestStateRecord:
@@ -152,6 +204,11 @@ class InterestClient:
             record = self.store.load_state(user_id)
             assert record is not None
         return record
+
+    def interests(self, user_id: str) -> InterestGraph:
+        """The user's readable interest graph and how it moved with the latest events."""
+        record = self.interest_state(user_id)
+        return InterestGraph.from_record(record)
 
     def recommend(self, user_id: str, k: int = 10) -> list[Recommendation]:
         """Top-k items for the user, excluding items the user already interacted with.
@@ -166,14 +223,14 @@ class InterestClient:
         state = self.interest_state(user_id)
         seen = sorted({e.item_id for e in self.store.user_events(user_id)}) or [s.PADDING_ITEM_ID]
         inputs = {
-            s.INTEREST_STATE: state.state[None, :],
+            s.INTEREST_STATE: state.state[None],
             s.EXCLUDE_ITEM_IDS: np.array([seen], dtype=object),
             s.K: np.int32(k),
         }
         outputs, version = self._predict(s.RECOMMEND, inputs)
         if version != state.model_version:
             self.update_interests([user_id])
-            inputs[s.INTEREST_STATE] = self.interest_state(user_id).state[None, :]
+            inputs[s.INTEREST_STATE] = self.interest_state(user_id).state[None]
             outputs, version = self._predict(s.RECOMMEND, inputs)
         return [
             Recommendation(item.decode(), float(score))
@@ -187,6 +244,6 @@ class InterestClient:
             return {}
         state = self.interest_state(user_id)
         outputs, _ = self._predict(
-            s.SCORE, {s.INTEREST_STATE: state.state[None, :], s.ITEM_IDS: np.array([list(item_ids)], dtype=object)}
+            s.SCORE, {s.INTEREST_STATE: state.state[None], s.ITEM_IDS: np.array([list(item_ids)], dtype=object)}
         )
         return {item: float(v) for item, v in zip(item_ids, outputs[s.SCORES][0], strict=False)}

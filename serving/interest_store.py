@@ -8,11 +8,13 @@ by `event_id`, so recording the same event twice stores it once.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -30,11 +32,14 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_by_user ON events (user_id, timestamp);
 CREATE TABLE IF NOT EXISTS interest_states (
-    user_id       TEXT PRIMARY KEY,
-    state         BLOB NOT NULL,
-    model_version INTEGER NOT NULL,
-    event_count   INTEGER NOT NULL,
-    updated_at    REAL NOT NULL
+    user_id        TEXT PRIMARY KEY,
+    state          BLOB NOT NULL,
+    shape          TEXT NOT NULL,
+    model_version  INTEGER NOT NULL,
+    event_count    INTEGER NOT NULL,
+    updated_at     REAL NOT NULL,
+    interest_graph TEXT NOT NULL,
+    previous_graph TEXT
 );
 CREATE TABLE IF NOT EXISTS items (
     item_id     TEXT PRIMARY KEY,
@@ -48,13 +53,22 @@ _CATEGORY_SEPARATOR = "\x1f"
 
 @dataclasses.dataclass(frozen=True)
 class InterestStateRecord:
-    """A user's interest state and the model version that computed it."""
+    """A user's interest state, the model version that computed it, and its readable graph.
+
+    Attributes:
+      interest_graph: the readable interest graph of this state (JSON-like:
+        top items and categories with weights).
+      previous_graph: the readable graph of the state this one replaced, so
+        what moved with the latest events can be shown.
+    """
 
     user_id: str
     state: np.ndarray
     model_version: int
     event_count: int
     updated_at: float
+    interest_graph: dict[str, Any]
+    previous_graph: dict[str, Any] | None
 
 
 class SqliteInterestStore:
@@ -100,24 +114,51 @@ class SqliteInterestStore:
             ).fetchall()
         return [Event(*row) for row in rows]
 
-    def save_state(self, user_id: str, state: np.ndarray, model_version: int, event_count: int) -> None:
-        """Saves the user's interest state with the model version that made it."""
-        blob = np.asarray(state, dtype=np.float32).tobytes()
+    def save_state(
+        self,
+        user_id: str,
+        state: np.ndarray,
+        model_version: int,
+        event_count: int,
+        interest_graph: dict[str, Any] | None = None,
+    ) -> None:
+        """Saves the user's interest state with the model version that made it.
+
+        The readable graph of the state being replaced is kept as `previous_graph`.
+        """
+        array = np.asarray(state, dtype=np.float32)
+        shape = ",".join(map(str, array.shape))
         with self._lock, self._db:
+            row = self._db.execute(
+                "SELECT interest_graph FROM interest_states WHERE user_id = ?", (user_id,)
+            ).fetchone()
             self._db.execute(
-                "INSERT OR REPLACE INTO interest_states VALUES (?, ?, ?, ?, ?)",
-                (user_id, blob, model_version, event_count, time.time()),
+                "INSERT OR REPLACE INTO interest_states VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    user_id,
+                    array.tobytes(),
+                    shape,
+                    model_version,
+                    event_count,
+                    time.time(),
+                    json.dumps(interest_graph or {}),
+                    row[0] if row else None,
+                ),
             )
 
     def load_state(self, user_id: str) -> InterestStateRecord | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT state, model_version, event_count, updated_at FROM interest_states WHERE user_id = ?",
+                "SELECT state, shape, model_version, event_count, updated_at, interest_graph, previous_graph "
+                "FROM interest_states WHERE user_id = ?",
                 (user_id,),
             ).fetchone()
         if row is None:
             return None
-        return InterestStateRecord(user_id, np.frombuffer(row[0], dtype=np.float32).copy(), row[1], row[2], row[3])
+        shape = tuple(int(d) for d in row[1].split(",") if d)
+        state = np.frombuffer(row[0], dtype=np.float32).reshape(shape).copy()
+        previous = json.loads(row[6]) if row[6] else None
+        return InterestStateRecord(user_id, state, row[2], row[3], row[4], json.loads(row[5]), previous)
 
     def upsert_items(self, items: Iterable[Item]) -> int:
         """Adds or replaces catalog items; returns how many were written."""

@@ -115,6 +115,12 @@ def test_client_records_events_and_recommends_over_grpc(server: str, pipeline_ru
         # The new event is folded in: the state is recomputed and the item is excluded from now on.
         result = client.record([history[-1]])
         assert result.accepted == 1 and store.load_state("1").event_count == len(history)
+        interests = client.interests("1")
+        assert interests.event_count == len(history) and interests.model_version == version
+        assert {i for i, _ in interests.items} <= {e.item_id for e in history[-50:]}
+        assert 0.5 < sum(w for _, w in interests.categories) <= 1.0 + 1e-5
+        assert {c for c, _ in interests.category_changes} >= {c for c, _ in interests.categories}
+        assert any(abs(change) > 0 for _, change in interests.category_changes)
         after = client.recommend("1", k=50)
         assert history[-1].item_id not in {r.item_id for r in after}
 
@@ -161,6 +167,13 @@ def test_cli_record_and_recommend(server: str, pipeline_run: dict, tmp_path) -> 
     assert recommend.returncode == 0, recommend.stderr[-2000:]
     lines = [line for line in recommend.stdout.splitlines() if line.strip()]
     assert len(lines) == 3 and lines[0].lstrip().startswith("1.")
+    interests = subprocess.run(
+        cli + ["interests", "--user", "cli-user", "--json"] + common, capture_output=True, text=True, cwd=REPO
+    )
+    assert interests.returncode == 0, interests.stderr[-2000:]
+    graph = json.loads(interests.stdout)
+    assert graph["items"][0][0] == "1" and graph["items"][0][1] == pytest.approx(1.0)
+    assert graph["event_count"] == 1
 
 
 def test_second_run_is_judged_against_the_last_blessed_model(pipeline_run: dict) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from schemas.signatures import INTEREST_DIM
+from schemas.signatures import INTEREST_DIM, NUM_INTERESTS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,8 +21,10 @@ class TrainerConfig:
       interest_dim: width of item vectors and of the interest state (fixed by
         the serving contract).
       event_dim: width of the event (edge) representation.
-      category_dim: width of category embeddings.
       attention_heads: heads of the GATv2 attention from events to the user.
+      category_dim: width of category embeddings.
+      num_interests: interest vectors per user; an item scores by its best
+        match (1 = the single-interest ablation).
       epochs: maximum passes over the training prediction points.
       batch_size: prediction points per step.
       learning_rate: Adam learning rate.
@@ -31,11 +33,17 @@ class TrainerConfig:
         training stops (best weights are restored).
       text_sequence_length: word pieces of item text read by BERT.
       seed: random seed of weights and sampling.
+      use_text: item vectors include the projected BERT text vector (ablation
+        switch).
+      use_categories: items receive messages from their categories in the
+        interest subgraph (off = the no-graph, sequence-only ablation).
+      use_time: events carry the recency encoding (ablation switch).
     """
 
     interest_dim: int = INTEREST_DIM
     event_dim: int = 16
     category_dim: int = 16
+    num_interests: int = NUM_INTERESTS
     attention_heads: int = 4
     epochs: int = 8
     batch_size: int = 256
@@ -44,10 +52,15 @@ class TrainerConfig:
     early_stopping_patience: int = 2
     text_sequence_length: int = 48
     seed: int = 7
+    use_text: bool = True
+    use_categories: bool = True
+    use_time: bool = True
 
     def __post_init__(self) -> None:
         if self.interest_dim != INTEREST_DIM:
             raise ValueError(f"interest_dim must equal the serving contract's INTEREST_DIM={INTEREST_DIM}")
+        if self.num_interests < 1:
+            raise ValueError("num_interests must be at least 1")
         if self.interest_dim % self.attention_heads:
             raise ValueError("interest_dim must be divisible by attention_heads")
 

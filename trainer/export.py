@@ -21,7 +21,7 @@ from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2  
 
 from schemas import signatures as s  # noqa: E402
 from trainer.graph_dataset import graph_tensor_spec, parse_subgraphs  # noqa: E402
-from trainer.interest_model import InterestModel  # noqa: E402
+from trainer.interest_model import InterestModel, best_interest_scores, readable_interest_graph  # noqa: E402
 from trainer.item_tower import OOV_INDEX  # noqa: E402
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
@@ -58,11 +58,22 @@ def export_serving_model(model: InterestModel, export_dir: str, warmup_subgraphs
     archive.item_bias = item_bias
 
     def all_scores(interest_state: tf.Tensor) -> tf.Tensor:
-        return tf.matmul(interest_state, item_vectors, transpose_b=True) + item_bias
+        return best_interest_scores(interest_state, item_vectors) + item_bias
 
     @tf.function(input_signature=_spec(s.SIGNATURES[s.UPDATE_INTEREST]))
     def update_interest(subgraph: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {s.INTEREST_STATE: model.encoder(parse_subgraphs(subgraph, spec), training=False)}
+        graph = parse_subgraphs(subgraph, spec)
+        state = model.encoder(graph, training=False)
+        readable = readable_interest_graph(
+            model, graph, state, s.TOP_INTEREST_ITEMS, s.TOP_INTEREST_CATEGORIES
+        )
+        return {
+            s.INTEREST_STATE: state,
+            s.INTEREST_ITEM_IDS: readable["item_ids"],
+            s.INTEREST_ITEM_WEIGHTS: readable["item_weights"],
+            s.INTEREST_CATEGORIES: readable["categories"],
+            s.INTEREST_CATEGORY_WEIGHTS: readable["category_weights"],
+        }
 
     @tf.function(input_signature=_spec(s.SIGNATURES[s.RECOMMEND]))
     def recommend(interest_state: tf.Tensor, exclude_item_ids: tf.Tensor, k: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -81,7 +92,7 @@ def export_serving_model(model: InterestModel, export_dir: str, warmup_subgraphs
     def score(interest_state: tf.Tensor, item_ids: tf.Tensor) -> dict[str, tf.Tensor]:
         vectors = tf.gather(item_vectors, tower.indices(item_ids))
         bias = tf.gather(item_bias, tower.indices(item_ids))
-        values = tf.einsum("bd,bnd->bn", interest_state, vectors) + bias
+        values = tf.reduce_max(tf.einsum("bmd,bnd->bmn", interest_state, vectors), axis=1) + bias
         # Unknown items get -inf: ranked last, and visibly not a real score.
         return {s.SCORES: tf.where(bias < -1e8, float("-inf"), values)}
 

@@ -20,6 +20,7 @@ from trainer.item_tower import ItemTower  # noqa: E402
 # session, a day, a week, a month, a year.
 _AGE_SCALES_DAYS = (0.02, 1.0, 7.0, 30.0, 365.0)
 _RECENCY_SCALES = (1.0, 5.0, 20.0)
+TIME_FEATURES = 1 + len(_AGE_SCALES_DAYS) + len(_RECENCY_SCALES)
 
 
 def event_time_features(age_days: tf.Tensor, recency: tf.Tensor) -> tf.Tensor:
@@ -30,9 +31,8 @@ def event_time_features(age_days: tf.Tensor, recency: tf.Tensor) -> tf.Tensor:
       recency: [num_events] int, 0 for the most recent event of the window.
 
     Returns:
-      [num_events, 1 + len(_AGE_SCALES_DAYS) + len(_RECENCY_SCALES)] features:
-      log-age plus exponential decays at several scales, so the model can
-      learn how fast interest fades.
+      [num_events, TIME_FEATURES] features: log-age plus exponential decays at
+      several scales, so the model can learn how fast interest fades.
     """
     age = tf.maximum(tf.cast(age_days, tf.float32), 0.0)[:, None]
     rank = tf.cast(recency, tf.float32)[:, None]
@@ -41,7 +41,7 @@ def event_time_features(age_days: tf.Tensor, recency: tf.Tensor) -> tf.Tensor:
 
 
 class InterestEncoder(tf.keras.layers.Layer):
-    """Computes a user's interest state from the user's interest subgraph.
+    """Computes a user's interest vectors from the user's interest subgraph.
 
     Two rounds of heterogeneous message passing:
       1. items <- their categories: each item in the window is refined by what
@@ -49,26 +49,41 @@ class InterestEncoder(tf.keras.layers.Layer):
       2. user <- events: multi-head GATv2 attention over the user's events,
          where each message carries the item's state and the event's type,
          value and time encoding, so the model learns which events (recent,
-         purchased, highly rated) say most about what the user wants next.
+         purchased, highly rated) say most about what the user wants next; the
+         pooled result is mapped to `num_interests` interest vectors.
 
-    The result is the interest state: a vector in the item space, so that
-    `interest_state . item_vector` scores an item for the user.
+    The result is `num_interests` vectors in the item space: an item's score
+    for the user is its best dot product over them.
 
     Args:
       item_tower: the shared `ItemTower` (item vectors and vocabularies).
-      interest_dim: width of the interest state.
+      interest_dim: width of each interest vector.
+      num_interests: interest vectors per user.
       event_dim: width of the event (edge) representation.
       attention_heads: GATv2 heads (interest_dim must be divisible by it).
+      use_categories: run the category -> item round (off: sequence-only ablation).
+      use_time: give events their time encoding (off: no-time ablation).
     """
 
     def __init__(
-        self, item_tower: ItemTower, interest_dim: int, event_dim: int, attention_heads: int, **kwargs: Any
+        self,
+        item_tower: ItemTower,
+        interest_dim: int,
+        num_interests: int,
+        event_dim: int,
+        attention_heads: int = 4,
+        use_categories: bool = True,
+        use_time: bool = True,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.item_tower = item_tower
         self.interest_dim = interest_dim
+        self.num_interests = num_interests
         self.event_dim = event_dim
         self.attention_heads = attention_heads
+        self.use_categories = use_categories
+        self.use_time = use_time
         self.event_type_lookup = tf.keras.layers.StringLookup(vocabulary=list(EVENT_TYPES), num_oov_indices=1)
         self.event_type_embedding = tf.keras.layers.Embedding(len(EVENT_TYPES) + 1, event_dim)
         self.event_projection = tf.keras.layers.Dense(event_dim, activation="relu")
@@ -98,23 +113,26 @@ class InterestEncoder(tf.keras.layers.Layer):
                             sender_edge_feature=tfgnn.HIDDEN_STATE,
                         )
                     },
-                    tfgnn.keras.layers.NextStateFromConcat(tf.keras.layers.Dense(interest_dim)),
+                    tfgnn.keras.layers.NextStateFromConcat(tf.keras.layers.Dense(num_interests * interest_dim)),
                 )
             }
         )
 
     def call(self, graph: tfgnn.GraphTensor) -> tf.Tensor:
-        """Interest states [num_users, interest_dim] of a merged GraphTensor."""
+        """Interest vectors [num_users, num_interests, interest_dim] of a merged GraphTensor."""
         items = graph.node_sets[g.ITEM]
         categories = graph.node_sets[g.CATEGORY]
         events = graph.edge_sets[g.EVENT]
         category_index = self.item_tower.category_lookup(categories[g.CATEGORY_NAME])
         category_vectors = self.item_tower.category_embedding(category_index)
         value = events[g.EVENT_VALUE][:, None]
+        time_features = event_time_features(events[g.EVENT_AGE_DAYS], events[g.EVENT_RECENCY])
+        if not self.use_time:
+            time_features = tf.zeros_like(time_features)
         event_features = tf.concat(
             [
                 self.event_type_embedding(self.event_type_lookup(events[g.EVENT_TYPE])),
-                event_time_features(events[g.EVENT_AGE_DAYS], events[g.EVENT_RECENCY]),
+                time_features,
                 value,
                 tf.math.log1p(tf.abs(value)),
             ],
@@ -132,16 +150,21 @@ class InterestEncoder(tf.keras.layers.Layer):
                 g.IN_CATEGORY: {},
             },
         )
-        graph = self.item_update(graph)
+        if self.use_categories:
+            graph = self.item_update(graph)
         graph = self.user_update(graph)
-        return graph.node_sets[g.USER][tfgnn.HIDDEN_STATE]
+        state = graph.node_sets[g.USER][tfgnn.HIDDEN_STATE]
+        return tf.reshape(state, [-1, self.num_interests, self.interest_dim])
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(
             item_tower=tf.keras.layers.serialize(self.item_tower),
             interest_dim=self.interest_dim,
+            num_interests=self.num_interests,
             event_dim=self.event_dim,
             attention_heads=self.attention_heads,
+            use_categories=self.use_categories,
+            use_time=self.use_time,
         )
         return config

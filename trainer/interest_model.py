@@ -11,72 +11,133 @@ from typing import Any  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_gnn as tfgnn  # noqa: E402
 
+from schemas import graph as g  # noqa: E402
 from trainer.interest_encoder import InterestEncoder  # noqa: E402
 from trainer.item_tower import OOV_INDEX, ItemTower  # noqa: E402
 
+_MASKED = -1e9
+
+
+def best_interest_scores(interest_state: tf.Tensor, item_vectors: tf.Tensor) -> tf.Tensor:
+    """Scores of items for users: the best dot product over each user's interests.
+
+    Args:
+      interest_state: [batch, interests, dim].
+      item_vectors: [items, dim] shared by the batch.
+
+    Returns:
+      [batch, items] scores.
+    """
+    return tf.reduce_max(tf.einsum("bmd,nd->bmn", interest_state, item_vectors), axis=1)
+
+
+def multi_interest_sampled_softmax_loss(
+    interest_state: tf.Tensor,
+    labels: tf.Tensor,
+    item_vectors: tf.Tensor,
+    item_bias: tf.Tensor,
+    sampled_values: tuple[tf.Tensor, tf.Tensor, tf.Tensor],
+) -> tf.Tensor:
+    """Sampled-softmax loss where an item's logit is its best match over the user's interests.
+
+    With one interest it equals `tf.nn.sampled_softmax_loss` (logits corrected
+    by the log expected sample count, accidental hits removed).
+
+    Args:
+      interest_state: [batch, interests, dim].
+      labels: [batch] int64 vocabulary indices of the next items.
+      item_vectors: [vocabulary, dim].
+      item_bias: [vocabulary].
+      sampled_values: (sampled ids [S], true expected counts [batch, 1],
+        sampled expected counts [S]) from a candidate sampler.
+
+    Returns:
+      [batch] losses.
+    """
+    sampled, true_expected, sampled_expected = sampled_values
+    true_logits = tf.reduce_max(tf.einsum("bmd,bd->bm", interest_state, tf.gather(item_vectors, labels)), axis=1)
+    true_logits += tf.gather(item_bias, labels) - tf.math.log(true_expected[:, 0])
+    sampled_logits = best_interest_scores(interest_state, tf.gather(item_vectors, sampled))
+    sampled_logits += tf.gather(item_bias, sampled) - tf.math.log(sampled_expected)
+    # A sampled negative that is the label itself is no negative.
+    accidental = tf.equal(labels[:, None], tf.cast(sampled, labels.dtype)[None, :])
+    sampled_logits = tf.where(accidental, _MASKED, sampled_logits)
+    logits = tf.concat([true_logits[:, None], sampled_logits], axis=1)
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.zeros_like(labels), logits=logits)
+
 
 class InterestModel(tf.keras.Model):
-    """Scores items for a user as `interest_state . item_vector + item_bias`.
+    """Scores items for a user as `max_m interest_m . item_vector + item_bias`.
 
     Training minimises a sampled-softmax loss: for each prediction point the
     item the user touched next must outscore `num_sampled` negatives drawn
     log-uniformly over the popularity-ordered vocabulary (accidental hits
-    removed). This is the standard retrieval objective of two-tower
-    recommenders, and it costs O(num_sampled) per example instead of O(items).
+    removed, logits corrected by the sampling probability). This is the
+    standard retrieval objective of two-tower recommenders, and it costs
+    O(num_sampled) per example instead of O(items).
 
     Args:
       item_tower: item vectors and vocabularies.
-      interest_dim: width of the interest state.
+      interest_dim: width of each interest vector.
+      num_interests: interest vectors per user.
       event_dim: width of event features.
       attention_heads: GATv2 heads.
       num_sampled: negatives per step.
+      use_categories: category -> item message passing (ablation switch).
+      use_time: event time encoding (ablation switch).
     """
 
     def __init__(
         self,
         item_tower: ItemTower,
         interest_dim: int,
+        num_interests: int,
         event_dim: int,
         attention_heads: int,
         num_sampled: int,
+        use_categories: bool = True,
+        use_time: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.item_tower = item_tower
         self.interest_dim = interest_dim
+        self.num_interests = num_interests
         self.event_dim = event_dim
         self.attention_heads = attention_heads
         self.num_sampled = num_sampled
-        self.encoder = InterestEncoder(item_tower, interest_dim, event_dim, attention_heads)
+        self.use_categories = use_categories
+        self.use_time = use_time
+        self.encoder = InterestEncoder(
+            item_tower,
+            interest_dim,
+            num_interests,
+            event_dim,
+            attention_heads=attention_heads,
+            use_categories=use_categories,
+            use_time=use_time,
+        )
         self.loss_tracker = tf.keras.metrics.Mean(name="loss")
 
     def call(self, graph: tfgnn.GraphTensor) -> tf.Tensor:
-        """Interest states of a merged (scalar) GraphTensor, one row per user."""
+        """Interest states [users, interests, dim] of a merged (scalar) GraphTensor."""
         return self.encoder(graph)
 
     def all_scores(self, interest_state: tf.Tensor) -> tf.Tensor:
-        """[batch, vocabulary_size] scores of every item; unknown-item column is -inf."""
-        scores = tf.matmul(interest_state, self.item_tower.all_item_vectors(), transpose_b=True)
-        scores += self.item_tower.bias
-        unknown = tf.one_hot(OOV_INDEX, self.item_tower.vocabulary_size, on_value=float("-inf"), off_value=0.0)
+        """[batch, vocabulary_size] scores of every item; the unknown-item column is masked."""
+        scores = best_interest_scores(interest_state, self.item_tower.all_item_vectors()) + self.item_tower.bias
+        unknown = tf.one_hot(OOV_INDEX, self.item_tower.vocabulary_size, on_value=_MASKED, off_value=0.0)
         return scores + unknown
 
     def _loss(self, graph: tfgnn.GraphTensor, label_ids: tf.Tensor, training: bool) -> tf.Tensor:
         interest_state = self.encoder(graph, training=training)
-        labels = tf.cast(tf.reshape(self.item_tower.indices(label_ids), [-1, 1]), tf.int64)
+        labels = tf.cast(self.item_tower.indices(label_ids), tf.int64)
         num_classes = self.item_tower.vocabulary_size
-        sampled = tf.random.log_uniform_candidate_sampler(
-            labels, 1, min(self.num_sampled, num_classes - 1), unique=True, range_max=num_classes
+        sampled_values = tf.random.log_uniform_candidate_sampler(
+            labels[:, None], 1, min(self.num_sampled, num_classes - 1), unique=True, range_max=num_classes
         )
-        losses = tf.nn.sampled_softmax_loss(
-            weights=self.item_tower.all_item_vectors(),
-            biases=self.item_tower.bias,
-            labels=labels,
-            inputs=interest_state,
-            num_sampled=min(self.num_sampled, num_classes - 1),
-            num_classes=num_classes,
-            sampled_values=sampled,
-            remove_accidental_hits=True,
+        losses = multi_interest_sampled_softmax_loss(
+            interest_state, labels, self.item_tower.all_item_vectors(), self.item_tower.bias, sampled_values
         )
         return tf.reduce_mean(losses)
 
@@ -94,7 +155,6 @@ class InterestModel(tf.keras.Model):
         graph, label_ids = data
         logits = self.all_scores(self.encoder(graph, training=False))
         labels = self.item_tower.indices(label_ids)
-        logits = tf.where(tf.math.is_inf(logits), tf.fill(tf.shape(logits), -1e9), logits)
         loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
         self.loss_tracker.update_state(loss)
         return {"loss": self.loss_tracker.result()}
@@ -107,7 +167,79 @@ class InterestModel(tf.keras.Model):
         return {
             "item_tower": tf.keras.layers.serialize(self.item_tower),
             "interest_dim": self.interest_dim,
+            "num_interests": self.num_interests,
             "event_dim": self.event_dim,
             "attention_heads": self.attention_heads,
             "num_sampled": self.num_sampled,
+            "use_categories": self.use_categories,
+            "use_time": self.use_time,
         }
+
+
+def _top_per_component(
+    values: tf.RaggedTensor, labels: tf.RaggedTensor, k: int
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Top-k (labels, values) per row of ragged inputs, padded with ("", 0)."""
+    dense_values = values.to_tensor(default_value=-1.0)
+    dense_labels = labels.to_tensor(default_value="")
+    missing = tf.maximum(0, k - tf.shape(dense_values)[1])
+    dense_values = tf.pad(dense_values, [[0, 0], [0, missing]], constant_values=-1.0)
+    dense_labels = tf.pad(dense_labels, [[0, 0], [0, missing]], constant_values="")
+    top = tf.math.top_k(dense_values, k=k)
+    present = top.values >= 0.0
+    top_labels = tf.gather(dense_labels, top.indices, batch_dims=1)
+    return tf.where(present, top_labels, ""), tf.where(present, top.values, 0.0)
+
+
+def readable_interest_graph(
+    model: InterestModel, graph: tfgnn.GraphTensor, interest_state: tf.Tensor, top_items: int, top_categories: int
+) -> dict[str, tf.Tensor]:
+    """The weights of the window's items and categories in the user's current interests.
+
+    An item's weight is the softmax, over the items of the user's window, of
+    its best match with the user's interest vectors: how much of what the
+    model now believes about the user that item accounts for. A category's
+    weight is the sum of its items' weights (an item's weight split evenly over
+    its categories). Both sum to 1 over the window, so they can be compared
+    from one event to the next.
+
+    Args:
+      model: the trained model (its item tower).
+      graph: the merged GraphTensor of the users' subgraphs.
+      interest_state: [users, interests, dim] from `model(graph)`.
+      top_items: how many items to return per user.
+      top_categories: how many categories to return per user.
+
+    Returns:
+      item ids/weights [users, top_items] and category names/weights
+      [users, top_categories], padded with "" and 0.
+    """
+    items = graph.node_sets[g.ITEM]
+    item_sizes = items.sizes
+    owner = tf.repeat(tf.range(tf.shape(item_sizes)[0]), item_sizes)
+    affinity = tf.reduce_max(
+        tf.einsum("nmd,nd->nm", tf.gather(interest_state, owner), model.item_tower(items[g.ITEM_ID])), axis=1
+    )
+    affinity = tf.RaggedTensor.from_row_lengths(affinity, item_sizes)
+    weights = tf.exp(affinity - tf.reduce_max(affinity, axis=1, keepdims=True))
+    weights = weights / tf.reduce_sum(weights, axis=1, keepdims=True)
+    item_ids = tf.RaggedTensor.from_row_lengths(items[g.ITEM_ID], item_sizes)
+    top_item_ids, top_item_weights = _top_per_component(weights, item_ids, top_items)
+
+    membership = graph.edge_sets[g.IN_CATEGORY].adjacency
+    flat_weights = weights.flat_values
+    categories_per_item = tf.math.unsorted_segment_sum(
+        tf.ones_like(membership.source, tf.float32), membership.source, tf.shape(flat_weights)[0]
+    )
+    share = tf.gather(flat_weights / tf.maximum(categories_per_item, 1.0), membership.source)
+    categories = graph.node_sets[g.CATEGORY]
+    category_weights = tf.math.unsorted_segment_sum(share, membership.target, categories.total_size)
+    category_weights = tf.RaggedTensor.from_row_lengths(category_weights, categories.sizes)
+    names = tf.RaggedTensor.from_row_lengths(categories[g.CATEGORY_NAME], categories.sizes)
+    top_names, top_category_weights = _top_per_component(category_weights, names, top_categories)
+    return {
+        "item_ids": top_item_ids,
+        "item_weights": top_item_weights,
+        "categories": top_names,
+        "category_weights": top_category_weights,
+    }

@@ -35,6 +35,7 @@ class ItemTower(tf.keras.layers.Layer):
       item_category_ids: per item, indices into category_names.
       output_dim: width of item vectors.
       category_dim: width of category embeddings.
+      use_text: include the text view (off: the no-text ablation).
     """
 
     def __init__(
@@ -45,6 +46,7 @@ class ItemTower(tf.keras.layers.Layer):
         item_category_ids: Sequence[Sequence[int]],
         output_dim: int,
         category_dim: int,
+        use_text: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -54,6 +56,7 @@ class ItemTower(tf.keras.layers.Layer):
         self.item_category_ids = [list(c) for c in item_category_ids]
         self.output_dim = output_dim
         self.category_dim = category_dim
+        self.use_text = use_text
         if self.text_vectors.shape[0] != len(self.item_ids):
             raise ValueError("text_vectors must have one row per item id")
         self.vocabulary_size = len(self.item_ids) + 1
@@ -91,11 +94,10 @@ class ItemTower(tf.keras.layers.Layer):
     def all_item_vectors(self) -> tf.Tensor:
         """[vocabulary_size, output_dim] vectors of every item (row 0: unknown)."""
         category_vectors = tf.matmul(self._membership, self.category_embedding.embeddings)
-        return (
-            self.text_projection(self._text)
-            + self.category_projection(category_vectors)
-            + self.id_embedding.embeddings
-        )
+        vectors = self.category_projection(category_vectors) + self.id_embedding.embeddings
+        if self.use_text:
+            vectors += self.text_projection(self._text)
+        return vectors
 
     def indices(self, item_ids: tf.Tensor) -> tf.Tensor:
         """Vocabulary indices of item ids (0 for unknown items)."""
@@ -114,5 +116,6 @@ class ItemTower(tf.keras.layers.Layer):
             item_category_ids=self.item_category_ids,
             output_dim=self.output_dim,
             category_dim=self.category_dim,
+            use_text=self.use_text,
         )
         return config

@@ -93,8 +93,18 @@ def build_model(entries: Sequence[CatalogEntry], text_vectors: np.ndarray, confi
         item_category_ids=[[category_index[c] for c in e.item.categories] for e in ordered],
         output_dim=config.interest_dim,
         category_dim=config.category_dim,
+        use_text=config.use_text,
     )
-    return InterestModel(tower, config.interest_dim, config.event_dim, config.attention_heads, config.num_sampled)
+    return InterestModel(
+        tower,
+        config.interest_dim,
+        config.num_interests,
+        config.event_dim,
+        config.attention_heads,
+        config.num_sampled,
+        use_categories=config.use_categories,
+        use_time=config.use_time,
+    )
 
 
 class _EpochLog(tf.keras.callbacks.Callback):
@@ -155,6 +165,7 @@ def train(inputs: TrainingInputs, config: TrainerConfig) -> dict[str, Any]:
         "config": config.to_dict(),
         "timings_s": {"item_text_vectors": round(text_s, 2), "fit": round(fit_s, 2)},
         "items": len(entries),
+        "params": int(model.count_params()),
     }
     os.makedirs(inputs.run_dir, exist_ok=True)
     with open(os.path.join(inputs.run_dir, HISTORY_FILE), "w") as f:

@@ -21,13 +21,18 @@ def test_events_are_idempotent_by_event_id_and_ordered_by_time(tmp_path) -> None
 def test_state_round_trip_survives_reopening(tmp_path) -> None:
     path = str(tmp_path / "state.sqlite")
     store = SqliteInterestStore(path)
-    state = np.arange(4, dtype=np.float32)
-    store.save_state("u1", state, model_version=7, event_count=3)
+    state = np.arange(8, dtype=np.float32).reshape(2, 4)
+    first = {"items": [["i1", 1.0]], "categories": [["A", 1.0]]}
+    store.save_state("u1", state, model_version=7, event_count=3, interest_graph=first)
+    second = {"items": [["i2", 0.6], ["i1", 0.4]], "categories": [["B", 0.6], ["A", 0.4]]}
+    store.save_state("u1", state * 2, model_version=7, event_count=4, interest_graph=second)
     store.close()
     record = SqliteInterestStore(path).load_state("u1")
     assert record is not None
-    np.testing.assert_array_equal(record.state, state)
-    assert (record.model_version, record.event_count) == (7, 3)
+    np.testing.assert_array_equal(record.state, state * 2)
+    assert record.state.shape == (2, 4)
+    assert (record.model_version, record.event_count) == (7, 4)
+    assert (record.interest_graph, record.previous_graph) == (second, first)
     assert SqliteInterestStore(path).load_state("u2") is None
 
 

@@ -66,7 +66,8 @@ def test_export_loads_and_runs_with_only_tensorflow_imported(trained: dict) -> N
         import tensorflow as tf
         loaded = tf.saved_model.load({export_dir!r})
         update = loaded.signatures["{s.UPDATE_INTEREST}"]
-        state = update({s.SUBGRAPH}=tf.constant([{subgraph!r}, {subgraph!r}]))["{s.INTEREST_STATE}"]
+        updated = update({s.SUBGRAPH}=tf.constant([{subgraph!r}, {subgraph!r}]))
+        state = updated["{s.INTEREST_STATE}"]
         rec = loaded.signatures["{s.RECOMMEND}"](
             {s.INTEREST_STATE}=state,
             {s.EXCLUDE_ITEM_IDS}=tf.constant([["item3", ""], ["", ""]]),
@@ -81,6 +82,10 @@ def test_export_loads_and_runs_with_only_tensorflow_imported(trained: dict) -> N
         print(json.dumps({{
             "signatures": sorted(loaded.signatures.keys()),
             "state_shape": state.shape.as_list(),
+            "item_weights": updated["{s.INTEREST_ITEM_WEIGHTS}"].numpy().tolist(),
+            "items": updated["{s.INTEREST_ITEM_IDS}"].numpy().astype(str).tolist(),
+            "category_weights": updated["{s.INTEREST_CATEGORY_WEIGHTS}"].numpy().tolist(),
+            "categories": updated["{s.INTEREST_CATEGORIES}"].numpy().astype(str).tolist(),
             "state_dtype": state.dtype.name,
             "rec_items": rec["{s.ITEM_IDS}"].numpy().astype(str).tolist(),
             "rec_scores": rec["{s.SCORES}"].numpy().tolist(),
@@ -97,7 +102,15 @@ def test_export_loads_and_runs_with_only_tensorflow_imported(trained: dict) -> N
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["foreign"] == []
     assert r["signatures"] == sorted([s.UPDATE_INTEREST, s.RECOMMEND, s.SCORE, s.DEFAULT_SIGNATURE])
-    assert r["state_shape"] == [2, s.INTEREST_DIM] and r["state_dtype"] == "float32"
+    assert r["state_shape"] == [2, s.NUM_INTERESTS, s.INTEREST_DIM] and r["state_dtype"] == "float32"
+    # The readable interest graph: weights over the window's items and categories, each summing to 1.
+    assert len(r["items"][0]) == s.TOP_INTEREST_ITEMS and len(r["categories"][0]) == s.TOP_INTEREST_CATEGORIES
+    window_items = [i for i in r["items"][0] if i]
+    assert len(window_items) == synthetic.WALK_LENGTH - 1
+    assert sum(r["item_weights"][0]) == pytest.approx(1.0, abs=1e-5)
+    assert r["item_weights"][0] == sorted(r["item_weights"][0], reverse=True)
+    assert sorted(c for c in r["categories"][0] if c) == ["cat0", "cat1", "cat2"]
+    assert sum(r["category_weights"][0]) == pytest.approx(1.0, abs=1e-5)
     assert len(r["rec_items"][0]) == 5 and "item3" not in r["rec_items"][0]
     assert r["rec_scores"][0] == sorted(r["rec_scores"][0], reverse=True)
     # k larger than the catalog: every item except the excluded one, then padding.
@@ -123,4 +136,4 @@ def test_new_user_with_empty_window_gets_a_finite_state(trained: dict) -> None:
     loaded = tf.saved_model.load(trained["export_dir"])
     empty = encode_interest_subgraph([], 10, {}).SerializeToString()
     state = loaded.signatures[s.UPDATE_INTEREST](subgraph=tf.constant([empty]))[s.INTEREST_STATE].numpy()
-    assert state.shape == (1, s.INTEREST_DIM) and np.isfinite(state).all()
+    assert state.shape == (1, s.NUM_INTERESTS, s.INTEREST_DIM) and np.isfinite(state).all()

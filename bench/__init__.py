@@ -1,0 +1,1 @@
+"""Scripts outside the test suite: reference vectors and benchmarks."""
