@@ -28,7 +28,8 @@ class TrainerConfig:
       epochs: maximum passes over the training prediction points.
       batch_size: prediction points per step.
       learning_rate: Adam learning rate.
-      num_sampled: negatives per step of the sampled-softmax loss.
+      num_sampled: negatives per step of the sampled-softmax loss; 0 means the
+        exact softmax over the whole catalog (affordable for small catalogs).
       early_stopping_patience: epochs without validation improvement before
         training stops (best weights are restored).
       text_sequence_length: word pieces of item text read by BERT.

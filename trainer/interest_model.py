@@ -74,7 +74,8 @@ class InterestModel(tf.keras.Model):
     log-uniformly over the popularity-ordered vocabulary (accidental hits
     removed, logits corrected by the sampling probability). This is the
     standard retrieval objective of two-tower recommenders, and it costs
-    O(num_sampled) per example instead of O(items).
+    O(num_sampled) per example instead of O(items). With `num_sampled` <= 0
+    (or at least the catalog size) the loss is the exact full softmax.
 
     Args:
       item_tower: item vectors and vocabularies.
@@ -133,6 +134,10 @@ class InterestModel(tf.keras.Model):
         interest_state = self.encoder(graph, training=training)
         labels = tf.cast(self.item_tower.indices(label_ids), tf.int64)
         num_classes = self.item_tower.vocabulary_size
+        if self.num_sampled <= 0 or self.num_sampled >= num_classes - 1:
+            # Small catalogs can afford the exact softmax over every item.
+            logits = self.all_scores(interest_state)
+            return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
         sampled_values = tf.random.log_uniform_candidate_sampler(
             labels[:, None], 1, min(self.num_sampled, num_classes - 1), unique=True, range_max=num_classes
         )

@@ -52,7 +52,24 @@ def saved_model_rankings(
     model_dir: str, subgraphs: Sequence[bytes], exclude: Sequence[Sequence[str]], batch_size: int = 256
 ) -> list[list[str]]:
     """Top-MAX_CUTOFF items per prediction point from the exported signatures."""
-    loaded = tf.saved_model.load(model_dir)
+    return signature_rankings(tf.saved_model.load(model_dir), subgraphs, exclude, MAX_CUTOFF, batch_size)
+
+
+def signature_rankings(
+    loaded: Any, subgraphs: Sequence[bytes], exclude: Sequence[Sequence[str]], k: int, batch_size: int = 256
+) -> list[list[str]]:
+    """Top-k items per prediction point: `update_interest`, then `recommend` excluding seen items.
+
+    Args:
+      loaded: a SavedModel loaded with `tf.saved_model.load`.
+      subgraphs: serialized interest subgraphs, one per prediction point.
+      exclude: per point, the items the user already interacted with.
+      k: how many items to rank.
+      batch_size: points per signature call.
+
+    Returns:
+      Per point, item ids best first.
+    """
     update = loaded.signatures[s.UPDATE_INTEREST]
     recommend = loaded.signatures[s.RECOMMEND]
     rankings: list[list[str]] = []
@@ -65,7 +82,7 @@ def saved_model_rankings(
             **{
                 s.INTEREST_STATE: state,
                 s.EXCLUDE_ITEM_IDS: tf.constant(padded, tf.string),
-                s.K: tf.constant(MAX_CUTOFF, tf.int32),
+                s.K: tf.constant(k, tf.int32),
             }
         )[s.ITEM_IDS].numpy()
         rankings.extend([i.decode() for i in row if i] for row in top)

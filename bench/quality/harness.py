@@ -1,0 +1,357 @@
+"""Runs registered recommenders on the leave-one-out split and writes quality.json.
+
+For each model: if its grid has more than one config, every config is fitted
+with seed 0 and scored on the validation points; the config with the best
+validation NDCG@10 is kept (the first one on ties). The chosen config is then
+fitted once per seed (seed 0 reuses the tuning fit) and scored on the
+validation and test points and on the cold-item slice of the test points.
+
+Adding a model: `register("interest_graph", ModelSpec(factory, grid))`, where
+`factory(config)` returns an object with `fit(split, seed) -> FitInfo`,
+`rank(points, k) -> list[list[item_id]]` and `params` (see
+`bench.quality.Recommender`). `fit` receives the whole `LeaveOneOutSplit`:
+per-user training events with timestamps, types, values and text, the
+validation points for early stopping, and the catalog.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from bench.quality import FitInfo, ModelSpec, Recommender
+from bench.quality.data import DEFAULT_COLD_THRESHOLD, LeaveOneOutSplit, PredictionPoint
+from trainer.metrics import MAX_CUTOFF, METRIC_NAMES, ranking_metrics
+
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_OUTPUT = os.path.join(_REPO, "bench", "results", "quality.json")
+QUICK_OUTPUT = os.path.join(_REPO, "bench", "results", "quality.quick.json")
+SELECTION_METRIC = "ndcg@10"
+# Keys of `protocol` that must agree for two runs to share one results file.
+PROTOCOL_KEYS = ("dataset", "users", "items", "events", "window", "eval_points", "test_points", "cold_threshold")
+
+
+def _popularity(config: Mapping[str, Any]) -> Recommender:
+    from bench.quality.popularity import Popularity
+
+    return Popularity(config)
+
+
+def _item_cooccurrence(config: Mapping[str, Any]) -> Recommender:
+    from bench.quality.item_cooccurrence import ItemCooccurrence
+
+    return ItemCooccurrence(config)
+
+
+def _sasrec(config: Mapping[str, Any]) -> Recommender:
+    from bench.quality.sasrec import SASRec
+
+    return SASRec(config)
+
+
+def _product(**axes: Sequence[Any]) -> list[dict[str, Any]]:
+    grid: list[dict[str, Any]] = [{}]
+    for name, values in axes.items():
+        grid = [{**point, name: value} for point in grid for value in values]
+    return grid
+
+
+COOCCURRENCE_GRID = _product(neighbourhood=[5, 20, 50, None], half_life=[1, 3, 10], alpha=[0.5, 0.75, 1.0])
+SASREC_GRID = _product(hidden=[64], blocks=[1, 2], dropout=[0.2, 0.5], lr=[1e-3, 3e-3])
+
+REGISTRY: dict[str, ModelSpec] = {
+    "popularity": ModelSpec(_popularity, description="most popular unseen items by training-event count (no knobs)"),
+    "item_cooccurrence": ModelSpec(
+        _item_cooccurrence,
+        grid=COOCCURRENCE_GRID,
+        description="item-to-item co-occurrence within a neighbourhood of the training history, "
+        "normalised by n_i^alpha n_j^(1-alpha), summed over the recency-weighted input window",
+    ),
+    "sasrec": ModelSpec(
+        _sasrec,
+        grid=SASREC_GRID,
+        description="SASRec-style causal self-attention (tf_keras), tied item embeddings, full-softmax "
+        "cross-entropy on every training position, early stopping on validation NDCG@10 (patience 10)",
+        quick={"max_epochs": 2, "patience": 1},
+    ),
+}
+
+
+def _interest_graph(config: Mapping[str, Any]) -> Recommender:
+    from bench.quality.interest_model import InterestGraphModel
+
+    return InterestGraphModel(config)
+
+
+_INTEREST_GRAPH = "this project's model: frozen BERT item text + TF-GNN message passing over the interest subgraph"
+_INTEREST_QUICK = {"epochs": 1}
+# The model and its ablations, each trained with the pipeline's own code (TrainerConfig overrides).
+for _name, _config, _what in (
+    ("interest_graph", {}, ""),
+    ("interest_graph_no_text", {"use_text": False}, " without the BERT text view of items"),
+    ("interest_graph_no_graph", {"use_categories": False}, " without category -> item message passing"),
+    ("interest_graph_no_time", {"use_time": False}, " without the event time encoding"),
+    ("interest_graph_4_interests", {"num_interests": 4}, " with four interest vectors instead of one"),
+):
+    REGISTRY[_name] = ModelSpec(
+        _interest_graph, grid=[_config], description=_INTEREST_GRAPH + _what, quick=_INTEREST_QUICK
+    )
+
+
+def register(name: str, spec: ModelSpec) -> None:
+    """Adds (or replaces) a model the harness can run."""
+    REGISTRY[name] = spec
+
+
+def evaluate(recommender: Recommender, points: Sequence[PredictionPoint]) -> dict[str, float]:
+    """`ranking_metrics` of the recommender's top-20 on the points (empty dict for no points)."""
+    if not points:
+        return {}
+    rankings = recommender.rank(points, MAX_CUTOFF)
+    for point, ranked in zip(points, rankings, strict=True):
+        leaked = point.exclude.intersection(ranked)
+        if leaked:
+            raise AssertionError(f"{type(recommender).__name__} recommended excluded items {sorted(leaked)[:5]}")
+    return ranking_metrics(rankings, [[p.target_item] for p in points])
+
+
+def mean_std(values: Sequence[float]) -> dict[str, float]:
+    """Mean and sample standard deviation (ddof=1; 0 for a single value)."""
+    array = np.asarray(values, dtype=np.float64)
+    std = float(array.std(ddof=1)) if array.size > 1 else 0.0
+    return {"mean": float(array.mean()), "std": std}
+
+
+def _summarise(per_seed: Sequence[Mapping[str, float]]) -> dict[str, dict[str, float]]:
+    return {name: mean_std([m[name] for m in per_seed]) for name in METRIC_NAMES if per_seed and name in per_seed[0]}
+
+
+def protocol_of(split: LeaveOneOutSplit, cold_threshold: int, dataset: str) -> dict[str, Any]:
+    n_events = sum(len(v) for v in split.train.values()) + len(split.eval_points) + len(split.test_points)
+    return {
+        "dataset": dataset,
+        "users": len(split.users),
+        "items": len(split.item_ids),
+        "events": n_events,
+        "train_events": sum(len(v) for v in split.train.values()),
+        "window": split.window,
+        "eval_points": len(split.eval_points),
+        "test_points": len(split.test_points),
+        "cold_threshold": cold_threshold,
+        "split": "per-user chronological leave-one-out, events sorted by schemas.graph.event_order "
+        "(timestamp, then event_id): last event test, the one before validation, the rest training "
+        "(the pipeline GraphBuilder's split)",
+        "ranking": "full ranking over every catalog item the user has not interacted with before the "
+        "predicted event (earlier in event_order); one target per point",
+        "input": f"select_event_window: the user's last {split.window} events strictly before the "
+        "predicted event's timestamp",
+        "ties": {
+            **split.tie_stats(),
+            "note": "an earlier event with the same timestamp as the target is excluded from the ranking "
+            "but is not part of the input (nothing at or after t is visible)",
+        },
+        "metrics": list(METRIC_NAMES),
+        "aggregation": "mean and sample std (ddof=1) over seeds; train_s is the mean fit time per seed",
+        "tuning": f"every grid config fitted with seed 0, chosen by validation {SELECTION_METRIC}; then each "
+        "seed fitted with the chosen config (seed 0 reuses the tuning fit)",
+        "cold_slice": f"test points whose target item had fewer than {cold_threshold} training interactions",
+    }
+
+
+def _machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}, Python {platform.python_version()}"
+
+
+def _fit(
+    spec: ModelSpec, name: str, config: Mapping[str, Any], split: LeaveOneOutSplit, seed: int, tag: str
+) -> tuple[Recommender, FitInfo]:
+    recommender = spec.factory(dict(config))
+    if hasattr(recommender, "log"):
+        recommender.log = lambda message: print(f"[quality] model={name} seed={seed} {tag}{message}", flush=True)
+    info = recommender.fit(split, seed)
+    return recommender, info
+
+
+def run_model(
+    name: str,
+    split: LeaveOneOutSplit,
+    seeds: Sequence[int],
+    quick: bool = False,
+    cold_threshold: int = DEFAULT_COLD_THRESHOLD,
+) -> dict[str, Any]:
+    """Tunes and runs one registered model; returns its `models`, `grids` and cold-slice entries."""
+    spec = REGISTRY[name]
+    grid = [{**point, **spec.quick} if quick else dict(point) for point in spec.grid]
+    if quick:
+        grid = grid[:2]
+    tuning_seed = 0
+    grid_points: list[dict[str, Any]] = []
+    chosen, kept = grid[0], None
+    if len(grid) > 1:
+        best = -np.inf
+        for i, config in enumerate(grid, start=1):
+            print(f"[quality] model={name} grid {i}/{len(grid)} config={json.dumps(config)}", flush=True)
+            recommender, info = _fit(spec, name, config, split, tuning_seed, f"grid {i}/{len(grid)} ")
+            validation = evaluate(recommender, split.eval_points)
+            grid_points.append(_grid_record(config, validation, info))
+            print(
+                f"[quality] model={name} grid {i}/{len(grid)} val_{SELECTION_METRIC}="
+                f"{validation[SELECTION_METRIC]:.4f} train_s={info.train_s:.1f}",
+                flush=True,
+            )
+            if validation[SELECTION_METRIC] > best:
+                best, chosen, kept = validation[SELECTION_METRIC], config, (recommender, info)
+    cold = split.cold_items(cold_threshold)
+    cold_points = [p for p in split.test_points if p.target_item in cold]
+    per_seed = []
+    for seed in seeds:
+        if seed == tuning_seed and kept is not None:
+            recommender, info = kept
+        else:
+            print(f"[quality] model={name} seed={seed} fitting config={json.dumps(chosen)}", flush=True)
+            recommender, info = _fit(spec, name, chosen, split, seed, "")
+        record = {
+            "seed": seed,
+            "train_s": info.train_s,
+            "params": info.params,
+            "epochs": info.epochs,
+            "best_epoch": info.best_epoch,
+            "validation": evaluate(recommender, split.eval_points),
+            "test": evaluate(recommender, split.test_points),
+            "cold_items": evaluate(recommender, cold_points),
+        }
+        per_seed.append(record)
+        if len(grid) == 1 and seed == seeds[0]:
+            grid_points.append(_grid_record(chosen, record["validation"], info))
+        test = record["test"]
+        print(
+            f"[quality] model={name} seed={seed} done train_s={info.train_s:.1f} params={info.params} "
+            + " ".join(f"{m}={test[m]:.4f}" for m in METRIC_NAMES),
+            flush=True,
+        )
+        del recommender
+    entry: dict[str, Any] = {
+        **_summarise([r["test"] for r in per_seed]),
+        "train_s": float(np.mean([r["train_s"] for r in per_seed])),
+        "params": int(per_seed[0]["params"]),
+        "validation": _summarise([r["validation"] for r in per_seed]),
+        "config": chosen,
+        "seeds": list(seeds),
+        "description": spec.description,
+        "per_seed": per_seed,
+    }
+    return {
+        "model": entry,
+        "grid": {
+            "selection": f"validation {SELECTION_METRIC}, seed {tuning_seed}",
+            "chosen": chosen,
+            "points": grid_points,
+        },
+        "cold_items": _summarise([r["cold_items"] for r in per_seed]) if cold_points else {},
+        "cold_points": len(cold_points),
+    }
+
+
+def _grid_record(config: Mapping[str, Any], validation: Mapping[str, float], info: FitInfo) -> dict[str, Any]:
+    return {
+        "config": dict(config),
+        "validation": dict(validation),
+        "train_s": info.train_s,
+        "epochs": info.epochs,
+        "best_epoch": info.best_epoch,
+    }
+
+
+def load_results(path: str) -> dict[str, Any]:
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def merge_results(existing: Mapping[str, Any], protocol: Mapping[str, Any], name: str, run: Mapping[str, Any]) -> dict:
+    """Puts one model's run into the results, keeping other models' entries.
+
+    When the existing file was made under a different protocol (other data,
+    window or threshold), its model entries are dropped rather than mixed in.
+    """
+    results = json.loads(json.dumps(existing)) if existing else {}
+    old_protocol = results.get("protocol", {})
+    if old_protocol and any(old_protocol.get(k) != protocol.get(k) for k in PROTOCOL_KEYS):
+        print("[quality] the existing results were made under another protocol; starting afresh", flush=True)
+        results = {}
+    results["protocol"] = dict(protocol)
+    results.setdefault("models", {})[name] = run["model"]
+    results.setdefault("grids", {})[name] = run["grid"]
+    slice_entry = results.setdefault("slices", {}).setdefault(
+        "cold_items",
+        {"definition": protocol["cold_slice"], "threshold": protocol["cold_threshold"], "models": {}},
+    )
+    slice_entry["test_points"] = run["cold_points"]
+    slice_entry.setdefault("models", {})[name] = run["cold_items"]
+    return results
+
+
+def write_results(path: str, results: Mapping[str, Any]) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2, sort_keys=False)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def run_benchmark(
+    split: LeaveOneOutSplit,
+    models: Iterable[str],
+    seeds: Sequence[int],
+    output: str,
+    dataset: str = "MovieLens-100k (recbole==1.2.1 wheel)",
+    quick: bool = False,
+    cold_threshold: int = DEFAULT_COLD_THRESHOLD,
+    command: str = "",
+    on_model_done: Callable[[str, Mapping[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Runs the models one after another, merging each into `output` as soon as it finishes."""
+    models = list(models)
+    unknown = [m for m in models if m not in REGISTRY]
+    if unknown:
+        raise KeyError(f"unknown model(s) {unknown}; registered: {sorted(REGISTRY)}")
+    protocol = {**protocol_of(split, cold_threshold, dataset), "quick": quick}
+    results: dict[str, Any] = load_results(output)
+    for name in models:
+        started = time.time()
+        run = run_model(name, split, seeds, quick=quick, cold_threshold=cold_threshold)
+        run["model"]["command"] = command
+        run["model"]["date"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        run["model"]["machine"] = _machine()
+        run["model"]["wall_s"] = time.time() - started
+        results = merge_results(load_results(output), protocol, name, run)
+        write_results(output, results)
+        print(f"[quality] model={name} written to {output} ({time.time() - started:.0f}s)", flush=True)
+        if on_model_done is not None:
+            on_model_done(name, results)
+    return results
+
+
+def markdown_table(results: Mapping[str, Any]) -> str:
+    """The results as the README's markdown table (test metrics, mean ± std over seeds)."""
+    models = results.get("models", {})
+    cold = results.get("slices", {}).get("cold_items", {}).get("models", {})
+    header = ["model", *METRIC_NAMES, "cold ndcg@10", "train s", "params", "seeds"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, entry in models.items():
+        cells = [name]
+        cells += [f"{entry[m]['mean']:.4f} ± {entry[m]['std']:.4f}" for m in METRIC_NAMES]
+        c = cold.get(name, {}).get("ndcg@10")
+        cells.append(f"{c['mean']:.4f} ± {c['std']:.4f}" if c else "n/a")
+        cells += [f"{entry['train_s']:.1f}", f"{entry['params']:,}", str(len(entry.get("seeds", [])))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
