@@ -155,6 +155,7 @@ def interest_timeline(
 
 def run_demo(output_dir: str, epochs: int | None = None, max_users: int | None = None) -> dict[str, Any]:
     """Runs the whole demo; returns (and writes) the summary."""
+    output_dir = os.path.abspath(output_dir)
     timings: dict[str, float] = {}
     t = time.time()
     movielens_dir = fetch(MOVIELENS_100K)
