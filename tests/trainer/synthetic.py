@@ -20,6 +20,8 @@ from schemas.events import Event, Item
 
 NUM_ITEMS = 30
 WALK_LENGTH = 9
+# In the catalog, never in any event: the cold-start case.
+COLD_ITEM = "cold-item"
 
 
 def item_id(i: int) -> str:
@@ -48,10 +50,9 @@ def make_dataset(root: str, num_users: int = 240, seed: int = 0) -> dict[str, st
     for w in writers.values():
         w.close()
     catalog = os.path.join(root, "catalog", "items.jsonl")
-    write_catalog(
-        catalog,
-        [CatalogEntry(Item(item, f"Item {item}", "", categories[item]), counts[item]) for item in sorted(counts)],
-    )
+    entries = [CatalogEntry(Item(item, f"Item {item}", "", categories[item]), counts[item]) for item in sorted(counts)]
+    entries.append(CatalogEntry(Item(COLD_ITEM, "A brand new item", "", ("cat0",)), 0))
+    write_catalog(catalog, entries)
     return {split: os.path.join(root, f"{split}.tfrecord.gz") for split in writers} | {"catalog": catalog}
 
 
