@@ -94,9 +94,9 @@ _INTEREST_GRAPH = "this project's model: frozen BERT item text + TF-GNN message 
 _INTEREST_QUICK = {"epochs": 1}
 # The model and its ablations, each trained with the pipeline's own code (TrainerConfig overrides).
 for _name, _config, _what in (
-    ("interest_graph", {}, ""),
+    ("interest_graph", {}, " (defaults: events -> user attention, no category -> item round)"),
+    ("interest_graph_category_round", {"use_categories": True}, " plus a category -> item message-passing round"),
     ("interest_graph_no_text", {"use_text": False}, " without the BERT text view of items"),
-    ("interest_graph_no_graph", {"use_categories": False}, " without category -> item message passing"),
     ("interest_graph_no_time", {"use_time": False}, " without the event time encoding"),
     ("interest_graph_4_interests", {"num_interests": 4}, " with four interest vectors instead of one"),
 ):
