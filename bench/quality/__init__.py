@@ -79,6 +79,18 @@ class ModelSpec:
     quick: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
+def model_config(name: str, defaults: Mapping[str, Any], config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A model's settings: its defaults overridden by `config`, which may name no other key.
+
+    Raises:
+      ValueError: naming the unknown settings, so a typo in a grid is not silently ignored.
+    """
+    unknown = set(config or {}) - set(defaults)
+    if unknown:
+        raise ValueError(f"unknown {name} settings {sorted(unknown)}")
+    return {**defaults, **(config or {})}
+
+
 def top_k_from_scores(
     scores: np.ndarray,
     item_ids: Sequence[str],

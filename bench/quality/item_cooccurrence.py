@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.quality import FitInfo, top_k_from_scores
+from bench.quality import FitInfo, model_config, top_k_from_scores
 from bench.quality.data import LeaveOneOutSplit, PredictionPoint
 
 DEFAULTS: dict[str, Any] = {"neighbourhood": None, "half_life": None, "alpha": 0.5}
@@ -40,10 +40,7 @@ class ItemCooccurrence:
     """Recency-weighted item-to-item co-occurrence scores."""
 
     def __init__(self, config: Mapping[str, Any] | None = None) -> None:
-        unknown = set(config or {}) - set(DEFAULTS)
-        if unknown:
-            raise ValueError(f"unknown item_cooccurrence settings {sorted(unknown)}")
-        self.config = {**DEFAULTS, **(config or {})}
+        self.config = model_config("item_cooccurrence", DEFAULTS, config)
         self._item_ids: list[str] = []
         self._index: dict[str, int] = {}
         self._similarity = np.zeros((0, 0), dtype=np.float32)

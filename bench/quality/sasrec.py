@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 import schemas  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from bench.quality import FitInfo, top_k_from_scores
+from bench.quality import FitInfo, model_config, top_k_from_scores
 from bench.quality.data import LeaveOneOutSplit, PredictionPoint
 from trainer.metrics import ranking_metrics
 
@@ -163,10 +163,7 @@ class SASRec:
     """Self-attentive sequential recommender with tied embeddings and full-softmax CE."""
 
     def __init__(self, config: Mapping[str, Any] | None = None) -> None:
-        unknown = set(config or {}) - set(DEFAULTS)
-        if unknown:
-            raise ValueError(f"unknown sasrec settings {sorted(unknown)}")
-        self.config = {**DEFAULTS, **(config or {})}
+        self.config = model_config("sasrec", DEFAULTS, config)
         self.log: Callable[[str], None] | None = None
         self._net: Any = None
         self._item_ids: list[str] = []
