@@ -2,7 +2,8 @@
 
 The graph builder writes it next to the examples it builds (training
 interaction counts included, computed from the training split only) and the
-trainer reads it to build the model's item vocabulary and item text vectors.
+trainer reads it to build the model's item vocabulary, item text vectors and
+item <-> item co-interaction graph (also from the training split only).
 """
 
 from __future__ import annotations
@@ -20,10 +21,16 @@ CATALOG_FILE = "items.jsonl"
 
 @dataclasses.dataclass(frozen=True)
 class CatalogEntry:
-    """An item and how often it was interacted with in the training split."""
+    """An item, how often it was interacted with in the training split, and what with.
+
+    Attributes:
+      co_interactions: the item's strongest co-interaction neighbours in the
+        training split, ((item_id, weight), ...), strongest first.
+    """
 
     item: Item
     train_count: int
+    co_interactions: tuple[tuple[str, float], ...] = ()
 
 
 def catalog_path(examples_uri: str) -> str:
@@ -38,6 +45,7 @@ def write_catalog(path: str, entries: Iterable[CatalogEntry]) -> None:
             record = dataclasses.asdict(entry.item)
             record["categories"] = list(entry.item.categories)
             record["train_count"] = entry.train_count
+            record["co_interactions"] = [list(pair) for pair in entry.co_interactions]
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
@@ -47,6 +55,7 @@ def read_catalog(path: str) -> list[CatalogEntry]:
         for line in f:
             record = json.loads(line)
             count = int(record.pop("train_count"))
+            neighbours = tuple((str(i), float(w)) for i, w in record.pop("co_interactions", []))
             record["categories"] = tuple(record["categories"])
-            entries.append(CatalogEntry(Item(**record), count))
+            entries.append(CatalogEntry(Item(**record), count, neighbours))
     return entries

@@ -42,6 +42,10 @@ class TrainerConfig:
         0.0903 +- 0.0033 (3 seeds each, bench/quality). Categories still enter
         the item vectors (ItemTower) and the readable interest graph.
       use_time: events carry the recency encoding (ablation switch).
+      co_interaction_neighbours: co-interaction neighbours per item that item
+        vectors receive from (0: no item <-> item round, the ablation).
+      message_passing_rounds: rounds of attention from events to the user; from
+        the second round on, the user's state so far is the attention query.
     """
 
     interest_dim: int = INTEREST_DIM
@@ -59,12 +63,18 @@ class TrainerConfig:
     use_text: bool = True
     use_categories: bool = False
     use_time: bool = True
+    co_interaction_neighbours: int = 10
+    message_passing_rounds: int = 2
 
     def __post_init__(self) -> None:
         if self.interest_dim != INTEREST_DIM:
             raise ValueError(f"interest_dim must equal the serving contract's INTEREST_DIM={INTEREST_DIM}")
         if self.num_interests < 1:
             raise ValueError("num_interests must be at least 1")
+        if self.message_passing_rounds < 1:
+            raise ValueError("message_passing_rounds must be at least 1")
+        if self.co_interaction_neighbours < 0:
+            raise ValueError("co_interaction_neighbours must be >= 0")
         if self.interest_dim % self.attention_heads:
             raise ValueError("interest_dim must be divisible by attention_heads")
 

@@ -43,14 +43,18 @@ def event_time_features(age_days: tf.Tensor, recency: tf.Tensor) -> tf.Tensor:
 class InterestEncoder(tf.keras.layers.Layer):
     """Computes a user's interest vectors from the user's interest subgraph.
 
-    Two rounds of heterogeneous message passing:
-      1. items <- their categories: each item in the window is refined by what
-         kind of item it is;
-      2. user <- events: multi-head GATv2 attention over the user's events,
+    Heterogeneous message passing:
+      0. (optional) items <- their categories: each item in the window is
+         refined by what kind of item it is (items already carry their
+         categories and co-interaction neighbours from the `ItemTower`);
+      1. user <- events: multi-head GATv2 attention over the user's events,
          where each message carries the item's state and the event's type,
          value and time encoding, so the model learns which events (recent,
-         purchased, highly rated) say most about what the user wants next; the
-         pooled result is mapped to `num_interests` interest vectors.
+         purchased, highly rated) say most about what the user wants next;
+      2+. user <- events again, now with the user's state so far as the
+         attention query: which past events matter depends on what the first
+         round found (e.g. a recent burst of one genre re-weights older events
+         of that genre). The last state is mapped to `num_interests` vectors.
 
     The result is `num_interests` vectors in the item space: an item's score
     for the user is its best dot product over them.
@@ -63,6 +67,7 @@ class InterestEncoder(tf.keras.layers.Layer):
       attention_heads: GATv2 heads (interest_dim must be divisible by it).
       use_categories: run the category -> item round (off: sequence-only ablation).
       use_time: give events their time encoding (off: no-time ablation).
+      message_passing_rounds: user <- events rounds (at least 1).
     """
 
     def __init__(
@@ -74,6 +79,7 @@ class InterestEncoder(tf.keras.layers.Layer):
         attention_heads: int = 4,
         use_categories: bool = True,
         use_time: bool = True,
+        message_passing_rounds: int = 1,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -84,6 +90,7 @@ class InterestEncoder(tf.keras.layers.Layer):
         self.attention_heads = attention_heads
         self.use_categories = use_categories
         self.use_time = use_time
+        self.message_passing_rounds = message_passing_rounds
         self.event_type_lookup = tf.keras.layers.StringLookup(vocabulary=list(EVENT_TYPES), num_oov_indices=1)
         self.event_type_embedding = tf.keras.layers.Embedding(len(EVENT_TYPES) + 1, event_dim)
         self.event_projection = tf.keras.layers.Dense(event_dim, activation="relu")
@@ -102,18 +109,25 @@ class InterestEncoder(tf.keras.layers.Layer):
                 )
             }
         )
-        self.user_update = tfgnn.keras.layers.GraphUpdate(
+        self.user_updates = [
+            self._user_round(num_interests * interest_dim if r == message_passing_rounds - 1 else interest_dim)
+            for r in range(message_passing_rounds)
+        ]
+
+    def _user_round(self, output_dim: int) -> tfgnn.keras.layers.GraphUpdate:
+        """One round of GATv2 attention from the window's events to the user."""
+        return tfgnn.keras.layers.GraphUpdate(
             node_sets={
                 g.USER: tfgnn.keras.layers.NodeSetUpdate(
                     {
                         g.EVENT: gat_v2.GATv2Conv(
-                            num_heads=attention_heads,
-                            per_head_channels=interest_dim // attention_heads,
+                            num_heads=self.attention_heads,
+                            per_head_channels=self.interest_dim // self.attention_heads,
                             receiver_tag=tfgnn.TARGET,
                             sender_edge_feature=tfgnn.HIDDEN_STATE,
                         )
                     },
-                    tfgnn.keras.layers.NextStateFromConcat(tf.keras.layers.Dense(num_interests * interest_dim)),
+                    tfgnn.keras.layers.NextStateFromConcat(tf.keras.layers.Dense(output_dim)),
                 )
             }
         )
@@ -152,7 +166,8 @@ class InterestEncoder(tf.keras.layers.Layer):
         )
         if self.use_categories:
             graph = self.item_update(graph)
-        graph = self.user_update(graph)
+        for user_update in self.user_updates:
+            graph = user_update(graph)
         state = graph.node_sets[g.USER][tfgnn.HIDDEN_STATE]
         return tf.reshape(state, [-1, self.num_interests, self.interest_dim])
 
@@ -166,5 +181,6 @@ class InterestEncoder(tf.keras.layers.Layer):
             attention_heads=self.attention_heads,
             use_categories=self.use_categories,
             use_time=self.use_time,
+            message_passing_rounds=self.message_passing_rounds,
         )
         return config

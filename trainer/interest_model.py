@@ -86,6 +86,7 @@ class InterestModel(tf.keras.Model):
       num_sampled: negatives per step.
       use_categories: category -> item message passing (ablation switch).
       use_time: event time encoding (ablation switch).
+      message_passing_rounds: attention rounds from events to the user.
     """
 
     def __init__(
@@ -98,6 +99,7 @@ class InterestModel(tf.keras.Model):
         num_sampled: int,
         use_categories: bool = True,
         use_time: bool = True,
+        message_passing_rounds: int = 1,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -109,6 +111,7 @@ class InterestModel(tf.keras.Model):
         self.num_sampled = num_sampled
         self.use_categories = use_categories
         self.use_time = use_time
+        self.message_passing_rounds = message_passing_rounds
         self.encoder = InterestEncoder(
             item_tower,
             interest_dim,
@@ -117,6 +120,7 @@ class InterestModel(tf.keras.Model):
             attention_heads=attention_heads,
             use_categories=use_categories,
             use_time=use_time,
+            message_passing_rounds=message_passing_rounds,
         )
         self.loss_tracker = tf.keras.metrics.Mean(name="loss")
 
@@ -178,6 +182,7 @@ class InterestModel(tf.keras.Model):
             "num_sampled": self.num_sampled,
             "use_categories": self.use_categories,
             "use_time": self.use_time,
+            "message_passing_rounds": self.message_passing_rounds,
         }
 
 

@@ -18,10 +18,14 @@ OOV_INDEX = 0
 class ItemTower(tf.keras.layers.Layer):
     """Maps item ids to item vectors and popularity biases.
 
-    An item's vector is the sum of three views: a learned projection of its
+    An item's own vector is the sum of three views: a learned projection of its
     frozen BERT text vector (so items with little history still have a
-    meaningful place in the space), the mean of its categories' embeddings, and
-    a learned id embedding that captures what text cannot (co-consumption).
+    meaningful place in the space), the mean of its categories' embeddings
+    (items receiving from their categories), and a learned id embedding that
+    captures what text cannot. Then one round of message passing over the
+    item <-> item co-interaction graph adds a learned transform of the
+    weighted mean of its neighbours' own vectors: an item is also what it is
+    consumed with, which sharpens items whose id embedding saw few examples.
     A scalar bias per item absorbs popularity, so the dot product with the
     interest state only has to explain the user-specific part.
 
@@ -36,6 +40,9 @@ class ItemTower(tf.keras.layers.Layer):
       output_dim: width of item vectors.
       category_dim: width of category embeddings.
       use_text: include the text view (off: the no-text ablation).
+      co_interactions: per item, ((neighbour index into item_ids, weight), ...)
+        from the training split; empty lists (or none at all) switch the
+        co-interaction round off for those items.
     """
 
     def __init__(
@@ -47,6 +54,7 @@ class ItemTower(tf.keras.layers.Layer):
         output_dim: int,
         category_dim: int,
         use_text: bool = True,
+        co_interactions: Sequence[Sequence[Sequence[float]]] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -57,8 +65,11 @@ class ItemTower(tf.keras.layers.Layer):
         self.output_dim = output_dim
         self.category_dim = category_dim
         self.use_text = use_text
+        self.co_interactions = [[[int(j), float(w)] for j, w in row] for row in (co_interactions or [])]
         if self.text_vectors.shape[0] != len(self.item_ids):
             raise ValueError("text_vectors must have one row per item id")
+        if self.co_interactions and len(self.co_interactions) != len(self.item_ids):
+            raise ValueError("co_interactions must have one row per item id")
         self.vocabulary_size = len(self.item_ids) + 1
         self.item_lookup = tf.keras.layers.StringLookup(vocabulary=self.item_ids, num_oov_indices=1, name="item_lookup")
         self.category_lookup = tf.keras.layers.StringLookup(
@@ -73,6 +84,8 @@ class ItemTower(tf.keras.layers.Layer):
             for c in categories:
                 membership[row, c + 1] = 1.0 / len(categories)
         self._membership = tf.constant(membership)
+        self._neighbourhood = self._neighbour_matrix()
+        self.neighbour_projection = tf.keras.layers.Dense(output_dim, use_bias=False, name="neighbour_projection")
         self.text_projection = tf.keras.layers.Dense(output_dim, use_bias=False, name="text_projection")
         self.category_embedding = tf.keras.layers.Embedding(
             len(self.category_names) + 1, category_dim, name="category_embedding"
@@ -90,6 +103,22 @@ class ItemTower(tf.keras.layers.Layer):
         self.category_embedding.build((None,))
         self.category_projection.build((None, category_dim))
         self.id_embedding.build((None,))
+        self.neighbour_projection.build((None, output_dim))
+
+    def _neighbour_matrix(self) -> tf.sparse.SparseTensor | None:
+        """Row-normalised [vocabulary, vocabulary] co-interaction weights (row 0: unknown item)."""
+        indices, values = [], []
+        for row, neighbours in enumerate(self.co_interactions, start=1):
+            total = sum(w for _, w in neighbours)
+            for j, w in neighbours:
+                indices.append([row, int(j) + 1])
+                values.append(w / total)
+        if not indices:
+            return None
+        matrix = tf.sparse.SparseTensor(
+            np.array(indices, np.int64), np.array(values, np.float32), [self.vocabulary_size, self.vocabulary_size]
+        )
+        return tf.sparse.reorder(matrix)
 
     def all_item_vectors(self) -> tf.Tensor:
         """[vocabulary_size, output_dim] vectors of every item (row 0: unknown)."""
@@ -97,6 +126,8 @@ class ItemTower(tf.keras.layers.Layer):
         vectors = self.category_projection(category_vectors) + self.id_embedding.embeddings
         if self.use_text:
             vectors += self.text_projection(self._text)
+        if self._neighbourhood is not None:
+            vectors += self.neighbour_projection(tf.sparse.sparse_dense_matmul(self._neighbourhood, vectors))
         return vectors
 
     def indices(self, item_ids: tf.Tensor) -> tf.Tensor:
@@ -117,5 +148,6 @@ class ItemTower(tf.keras.layers.Layer):
             output_dim=self.output_dim,
             category_dim=self.category_dim,
             use_text=self.use_text,
+            co_interactions=self.co_interactions,
         )
         return config

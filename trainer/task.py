@@ -86,6 +86,11 @@ def build_model(entries: Sequence[CatalogEntry], text_vectors: np.ndarray, confi
     ordered = [entries[i] for i in order]
     category_names = sorted({c for e in ordered for c in e.item.categories})
     category_index = {c: i for i, c in enumerate(category_names)}
+    position = {e.item.item_id: i for i, e in enumerate(ordered)}
+    co_interactions = [
+        [[position[j], w] for j, w in e.co_interactions[: config.co_interaction_neighbours] if j in position]
+        for e in ordered
+    ]
     tower = ItemTower(
         item_ids=[e.item.item_id for e in ordered],
         text_vectors=text_vectors[order],
@@ -94,6 +99,7 @@ def build_model(entries: Sequence[CatalogEntry], text_vectors: np.ndarray, confi
         output_dim=config.interest_dim,
         category_dim=config.category_dim,
         use_text=config.use_text,
+        co_interactions=co_interactions,
     )
     return InterestModel(
         tower,
@@ -104,6 +110,7 @@ def build_model(entries: Sequence[CatalogEntry], text_vectors: np.ndarray, confi
         config.num_sampled,
         use_categories=config.use_categories,
         use_time=config.use_time,
+        message_passing_rounds=config.message_passing_rounds,
     )
 
 

@@ -21,6 +21,7 @@ import tensorflow as tf
 from bench.quality import FitInfo
 from bench.quality.data import LeaveOneOutSplit, PredictionPoint
 from pipeline.assets import MINILM, asset_dir
+from pipeline.components.co_interaction import neighbours_of_histories
 from pipeline.components.graph_builder import split_user_history
 from pipeline.components.ranking_evaluator import signature_rankings
 from schemas.catalog import CatalogEntry, write_catalog
@@ -53,7 +54,14 @@ def _write_examples(split: LeaveOneOutSplit, root: str) -> dict[str, str]:
         writer.close()
     items = [split.items.get(i, Item(i, "", "", ())) for i in split.item_ids]
     catalog = os.path.join(root, "catalog", "items.jsonl")
-    write_catalog(catalog, [CatalogEntry(item, split.train_item_counts.get(item.item_id, 0)) for item in items])
+    neighbours = neighbours_of_histories([e.item_id for e in split.train.get(u, [])] for u in split.users)
+    write_catalog(
+        catalog,
+        [
+            CatalogEntry(item, split.train_item_counts.get(item.item_id, 0), neighbours.get(item.item_id, ()))
+            for item in items
+        ],
+    )
     return {name: os.path.join(root, f"{name}.tfrecord.gz") for name in writers} | {"catalog": catalog}
 
 

@@ -14,7 +14,8 @@ runs) plus the label (the item touched at t). Evaluation points also carry the
 items the user had interacted with before t, which ranking must exclude.
 
 It refuses to run on data that ExampleValidator found anomalous, and writes the
-item catalog (with training-split interaction counts only) into its output.
+item catalog (with training-split interaction counts and item <-> item
+co-interaction neighbours, both from the training split only) into its output.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from tfx.dsl.components.base import base_beam_component, base_beam_executor, exe
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
+from pipeline.components.co_interaction import co_interaction_pairs, top_neighbours
 from pipeline.components.event_example_gen import example_to_event
 from schemas import graph as g
 from schemas.catalog import CatalogEntry, catalog_path, write_catalog
@@ -94,10 +96,10 @@ class _BuildUserExamples(beam.DoFn):
             yield beam.pvalue.TaggedOutput(split, example)
 
 
-def _training_items(element: tuple[str, Iterable[Event]]) -> Iterator[str]:
+def _training_items(element: tuple[str, Iterable[Event]]) -> list[str]:
+    """The user's training-split items in time order (validation and test events removed)."""
     history = sorted(element[1], key=g.event_order)
-    for event in history[:-2]:
-        yield event.item_id
+    return [event.item_id for event in history[:-2]]
 
 
 def read_anomalies(anomalies_uri: str) -> list[str]:
@@ -140,6 +142,7 @@ class GraphBuilderExecutor(base_beam_executor.BaseBeamExecutor):
             for split in artifact_utils.decode_split_names(examples.split_names)
         ]
         counts_path = os.path.join(output.uri, "train_item_counts")
+        pairs_path = os.path.join(output.uri, "co_interaction_counts")
         with self._make_beam_pipeline() as p:
             by_user = (
                 p
@@ -157,28 +160,41 @@ class GraphBuilderExecutor(base_beam_executor.BaseBeamExecutor):
                     os.path.join(artifact_utils.get_split_uri([output], split), "data_tfrecord"),
                     file_name_suffix=".gz",
                 )
-            _ = (
-                by_user
-                | "TrainingItems" >> beam.FlatMap(_training_items)
-                | "CountItems" >> beam.combiners.Count.PerElement()
-                | "CountsToJson" >> beam.Map(json.dumps)
-                | "WriteCounts" >> beam.io.WriteToText(counts_path, num_shards=1, shard_name_template="")
-            )
-        write_catalog(catalog_path(output.uri), _catalog_entries(items_path, counts_path))
+            training_items = by_user | "TrainingItems" >> beam.Map(_training_items)
+            for name, path, keys in (
+                ("Items", counts_path, beam.FlatMap(lambda sequence: sequence)),
+                ("CoInteractions", pairs_path, beam.FlatMap(co_interaction_pairs)),
+            ):
+                _ = (
+                    training_items
+                    | f"{name}Keys" >> keys
+                    | f"Count{name}" >> beam.combiners.Count.PerElement()
+                    | f"{name}ToJson" >> beam.Map(json.dumps)
+                    | f"Write{name}" >> beam.io.WriteToText(path, num_shards=1, shard_name_template="")
+                )
+        write_catalog(catalog_path(output.uri), _catalog_entries(items_path, counts_path, pairs_path))
 
 
-def _catalog_entries(items_path: str, counts_path: str) -> list[CatalogEntry]:
+def _read_counts(path: str) -> Counter[str]:
     counts: Counter[str] = Counter()
-    with tf.io.gfile.GFile(counts_path) as f:
+    with tf.io.gfile.GFile(path) as f:
         for line in f:
-            item_id, count = json.loads(line)
-            counts[item_id] = count
+            key, count = json.loads(line)
+            counts[key] = count
+    return counts
+
+
+def _catalog_entries(items_path: str, counts_path: str, pairs_path: str) -> list[CatalogEntry]:
+    counts = _read_counts(counts_path)
+    neighbours = top_neighbours(_read_counts(pairs_path).items(), counts)
     items, _ = read_items(items_path)
     known = {i.item_id for i in items}
     # Items that occur in events but not in the catalog still get an entry
     # (no text, no categories) so the model can learn them from behaviour.
     extra = [Item(item_id, "", "", ()) for item_id in sorted(counts) if item_id not in known]
-    return [CatalogEntry(item, counts.get(item.item_id, 0)) for item in items + extra]
+    return [
+        CatalogEntry(item, counts.get(item.item_id, 0), neighbours.get(item.item_id, ())) for item in items + extra
+    ]
 
 
 class GraphBuilderSpec(types.ComponentSpec):
