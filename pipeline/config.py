@@ -28,6 +28,10 @@ class PipelineConfig:
       beam_pipeline_args: passed to every Beam-based component, e.g.
         ["--runner=FlinkRunner", ...]; the default runs Beam in-process.
       cache_dir: where item text vectors are cached between runs.
+      review_sentiment_dir: the review sentiment head that gives `review`
+        events their `sentiment` edge feature (`interest-graph
+        train-review-sentiment` writes one); needed only when events carry
+        review text.
     """
 
     events_dir: str
@@ -40,6 +44,7 @@ class PipelineConfig:
     trainer: dict[str, Any] = dataclasses.field(default_factory=dict)
     beam_pipeline_args: tuple[str, ...] = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
     cache_dir: str = ""
+    review_sentiment_dir: str = ""
 
     @property
     def pipeline_root(self) -> str:

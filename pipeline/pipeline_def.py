@@ -39,6 +39,8 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         anomalies=example_validator.outputs["anomalies"],
         items_path=config.items_path,
         max_events=config.window.max_events,
+        review_sentiment_dir=config.review_sentiment_dir,
+        bert_dir=config.bert_dir,
     )
     trainer = tfx.components.Trainer(
         run_fn=TRAINER_MODULE,

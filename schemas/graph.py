@@ -7,8 +7,9 @@ recent events strictly before t, as a small heterogeneous graph:
     item      one node per distinct item in the window (feature `item_id`)
     category  one node per distinct category of those items (feature `name`)
     event     item -> user, one edge per event: `event_type`, `value`,
-              `age_days` (how long before t it happened) and `recency`
-              (0 for the most recent event of the window)
+              `age_days` (how long before t it happened), `recency`
+              (0 for the most recent event of the window) and `sentiment`
+              (a review's sentiment in [-1, 1]; 0 for other events)
     in_category  item -> category
 
 The graph carries raw ids and strings, not vocabulary indices: the model owns
@@ -42,6 +43,7 @@ EVENT_TYPE = "event_type"
 EVENT_VALUE = "value"
 EVENT_AGE_DAYS = "age_days"
 EVENT_RECENCY = "recency"
+EVENT_SENTIMENT = "sentiment"
 PREDICTION_TIME = "prediction_time"
 
 # Features of a training example that are not part of the graph: what the user
@@ -49,6 +51,9 @@ PREDICTION_TIME = "prediction_time"
 LABEL_ITEM_ID = "label/item_id"
 META_USER_ID = "meta/user_id"
 META_TIMESTAMP = "meta/timestamp"
+# Evaluation examples only: the items the user touched before t, which a
+# ranking must exclude.
+SEEN_ITEM_IDS = "meta/seen_item_ids"
 
 SECONDS_PER_DAY = 86_400.0
 
@@ -87,6 +92,7 @@ edge_sets {{
     features {{ key: "{EVENT_VALUE}" value {{ dtype: DT_FLOAT }} }}
     features {{ key: "{EVENT_AGE_DAYS}" value {{ dtype: DT_FLOAT }} }}
     features {{ key: "{EVENT_RECENCY}" value {{ dtype: DT_INT64 }} }}
+    features {{ key: "{EVENT_SENTIMENT}" value {{ dtype: DT_FLOAT }} }}
   }}
 }}
 edge_sets {{
@@ -150,6 +156,7 @@ def encode_interest_subgraph(
     event_window: Sequence[Event],
     prediction_time: int,
     item_categories: Mapping[str, Sequence[str]],
+    review_sentiment: Mapping[str, float] | None = None,
 ) -> example_pb2.Example:
     """Encodes a user's event window as a GraphTensor tf.Example.
 
@@ -159,6 +166,8 @@ def encode_interest_subgraph(
       prediction_time: Unix seconds of the prediction point.
       item_categories: item_id -> its categories; items not in it simply have
         no category edges (a cold item still gets a node).
+      review_sentiment: event_id -> sentiment in [-1, 1] of `review` events'
+        text (see `trainer.review_sentiment`); events not in it get 0.
 
     Returns:
       A tf.Example that `tfgnn.parse_example(GraphTensorSpec of
@@ -182,6 +191,7 @@ def encode_interest_subgraph(
             category_sources.append(i)
             category_targets.append(category_index.setdefault(name, len(category_index)))
     n = len(event_window)
+    sentiment = review_sentiment or {}
     f: dict[str, feature_pb2.Feature] = {
         f"context/{PREDICTION_TIME}": _int64([prediction_time]),
         f"nodes/{USER}.#size": _int64([1]),
@@ -198,6 +208,7 @@ def encode_interest_subgraph(
             (prediction_time - e.timestamp) / SECONDS_PER_DAY for e in event_window
         ),
         f"edges/{EVENT}.{EVENT_RECENCY}": _int64(range(n - 1, -1, -1)),
+        f"edges/{EVENT}.{EVENT_SENTIMENT}": _float(sentiment.get(e.event_id, 0.0) for e in event_window),
         f"edges/{IN_CATEGORY}.#size": _int64([len(category_sources)]),
         f"edges/{IN_CATEGORY}.#source": _int64(category_sources),
         f"edges/{IN_CATEGORY}.#target": _int64(category_targets),

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import numpy as np
@@ -27,6 +27,16 @@ from schemas import signatures as s
 from schemas.events import Event, InvalidRecordError, RejectedRecord, parse_event
 from schemas.graph import EventWindowConfig, encode_interest_subgraph, select_event_window
 from serving.interest_store import InterestStateRecord, SqliteInterestStore
+
+
+class EventSentiment(Protocol):
+    """What scores review events (`trainer.review_sentiment.ReviewSentiment`)."""
+
+    def event_sentiments(self, events: Iterable[Event]) -> dict[str, float]: ...
+
+
+class MissingReviewSentimentError(RuntimeError):
+    """A review with text must be encoded, but no review sentiment head was given."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +123,10 @@ class InterestClient:
       model_name: the served model's name.
       window: the bounded event window (must match the one used in training).
       timeout_s: deadline of every gRPC call.
+      review_sentiment: scores `review` events' text (a
+        `trainer.review_sentiment.ReviewSentiment`, the head the pipeline used),
+        so a review weighs online as it did in training; needed only when
+        events carry review text.
     """
 
     def __init__(
@@ -122,8 +136,10 @@ class InterestClient:
         model_name: str = s.DEFAULT_MODEL_NAME,
         window: EventWindowConfig | None = None,
         timeout_s: float = 10.0,
+        review_sentiment: EventSentiment | None = None,
     ) -> None:
         self.target = target
+        self.review_sentiment = review_sentiment
         self.store = store
         self.model_name = model_name
         self.window = window or EventWindowConfig()
@@ -183,7 +199,18 @@ class InterestClient:
         prediction_time = (max(e.timestamp for e in history) + 1) if history else int(time.time())
         window = select_event_window(history, prediction_time, self.window.max_events)
         categories = self.store.item_categories([e.item_id for e in window])
-        return encode_interest_subgraph(window, prediction_time, categories).SerializeToString()
+        sentiments = self._review_sentiments(window)
+        return encode_interest_subgraph(window, prediction_time, categories, sentiments).SerializeToString()
+
+    def _review_sentiments(self, window: Sequence[Event]) -> dict[str, float]:
+        if not any(e.event_type == "review" and e.text for e in window):
+            return {}
+        if self.review_sentiment is None:
+            raise MissingReviewSentimentError(
+                "the event window has review text but the client has no review sentiment head: pass "
+                "review_sentiment=ReviewSentiment.load(DIR) (the head the pipeline used)"
+            )
+        return self.review_sentiment.event_sentiments(window)
 
     def update_interests(self, user_ids: Sequence[str]) -> int:
         """Recomputes and saves the interest states of users in one request; returns the model version."""

@@ -30,8 +30,9 @@ class TrainerConfig:
       learning_rate: Adam learning rate.
       num_sampled: negatives per step of the sampled-softmax loss; 0 means the
         exact softmax over the whole catalog (affordable for small catalogs).
-      early_stopping_patience: epochs without validation improvement before
-        training stops (best weights are restored).
+      early_stopping_patience: epochs without a better validation NDCG@10
+        (full ranking, seen items excluded) before training stops; the best
+        epoch's weights are restored.
       text_sequence_length: word pieces of item text read by BERT.
       seed: random seed of weights and sampling.
       use_text: item vectors include the projected BERT text vector (ablation
@@ -53,11 +54,11 @@ class TrainerConfig:
     category_dim: int = 16
     num_interests: int = NUM_INTERESTS
     attention_heads: int = 4
-    epochs: int = 8
+    epochs: int = 20
     batch_size: int = 256
     learning_rate: float = 2e-3
     num_sampled: int = 256
-    early_stopping_patience: int = 2
+    early_stopping_patience: int = 3
     text_sequence_length: int = 48
     seed: int = 7
     use_text: bool = True

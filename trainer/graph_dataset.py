@@ -60,3 +60,17 @@ def training_dataset(
         return parse_subgraphs(serialized, spec), labels[g.LABEL_ITEM_ID]
 
     return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def read_evaluation_points(example_files: Sequence[str]) -> tuple[list[bytes], list[str], list[list[str]]]:
+    """(serialized subgraphs, target item ids, items to exclude) of evaluation examples."""
+    files = sorted(f for p in example_files for f in tf.io.gfile.glob(p))
+    if not files:
+        raise FileNotFoundError(f"no evaluation examples match {list(example_files)}")
+    serialized, targets, seen = [], [], []
+    for record in tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator():
+        features = tf.train.Example.FromString(record).features.feature
+        serialized.append(record)
+        targets.append(features[g.LABEL_ITEM_ID].bytes_list.value[0].decode())
+        seen.append([v.decode() for v in features[g.SEEN_ITEM_IDS].bytes_list.value])
+    return serialized, targets, seen

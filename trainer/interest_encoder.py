@@ -49,7 +49,7 @@ class InterestEncoder(tf.keras.layers.Layer):
          categories and co-interaction neighbours from the `ItemTower`);
       1. user <- events: multi-head GATv2 attention over the user's events,
          where each message carries the item's state and the event's type,
-         value and time encoding, so the model learns which events (recent,
+         value, review sentiment and time encoding, so the model learns which events (recent,
          purchased, highly rated) say most about what the user wants next;
       2+. user <- events again, now with the user's state so far as the
          attention query: which past events matter depends on what the first
@@ -149,6 +149,7 @@ class InterestEncoder(tf.keras.layers.Layer):
                 time_features,
                 value,
                 tf.math.log1p(tf.abs(value)),
+                events[g.EVENT_SENTIMENT][:, None],
             ],
             axis=1,
         )

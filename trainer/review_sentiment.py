@@ -32,13 +32,15 @@ import logging
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+
+from schemas.events import Event  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,8 @@ _LABELS = {"great": 1, "other": 0}
 _CONFIG_FILE = "review_sentiment.json"
 _WEIGHTS_FILE = "head_weights.npz"
 _FORMAT = 1
+# Review texts whose sentiment one instance remembers (bounded memory).
+_SCORED_TEXTS_LIMIT = 100_000
 
 _TAG = re.compile(r"<[^>]*>")
 _SPACE = re.compile(r"\s+")
@@ -124,6 +128,7 @@ class ReviewSentiment:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self._encoder: Any = None
         self._head: tf.keras.Model | None = None
+        self._scored: dict[str, float] = {}
 
     # Configuration ---------------------------------------------------------------
 
@@ -329,6 +334,28 @@ class ReviewSentiment:
         """
         self._require_head()
         return self.predict_vectors(self.encode(texts))
+
+    def event_sentiments(self, events: Iterable[Event]) -> dict[str, float]:
+        """Sentiment of each `review` event that has text: the `sentiment` edge feature.
+
+        The pipeline (GraphBuilder) and the online client both call this, so a
+        review weighs the same in training and in serving. Texts already scored
+        by this instance are not re-encoded (a user's window is re-read on each
+        update).
+
+        Args:
+            events: Any events; only `review` events with text are scored.
+
+        Returns:
+            event_id -> sentiment in [-1, 1].
+        """
+        reviews = [e for e in events if e.event_type == "review" and e.text]
+        new_texts = sorted({e.text for e in reviews} - self._scored.keys())
+        if new_texts:
+            if len(self._scored) + len(new_texts) > _SCORED_TEXTS_LIMIT:
+                self._scored.clear()
+            self._scored.update(zip(new_texts, self.predict(new_texts).tolist(), strict=True))
+        return {e.event_id: float(self._scored[e.text]) for e in reviews}
 
     # Persistence -----------------------------------------------------------------
 

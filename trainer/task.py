@@ -23,6 +23,7 @@ from trainer.export import export_serving_model  # noqa: E402
 from trainer.graph_dataset import training_dataset  # noqa: E402
 from trainer.interest_model import InterestModel  # noqa: E402
 from trainer.item_tower import ItemTower  # noqa: E402
+from trainer.validation_ranking import VALIDATION_METRIC, ValidationRanking  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,8 @@ class _EpochLog(tf.keras.callbacks.Callback):
         logs = logs or {}
         print(
             f"[trainer] epoch {epoch + 1}: loss={logs.get('loss', float('nan')):.4f} "
-            f"val_loss={logs.get('val_loss', float('nan')):.4f} ({time.time() - self._start:.0f}s)",
+            f"val_loss={logs.get('val_loss', float('nan')):.4f} "
+            f"{VALIDATION_METRIC}={logs.get(VALIDATION_METRIC, float('nan')):.4f} ({time.time() - self._start:.0f}s)",
             flush=True,
         )
 
@@ -158,9 +160,13 @@ def train(inputs: TrainingInputs, config: TrainerConfig) -> dict[str, Any]:
         epochs=config.epochs,
         verbose=0,
         callbacks=[
+            ValidationRanking(inputs.eval_files),
             _EpochLog(),
             tf.keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=config.early_stopping_patience, restore_best_weights=True
+                monitor=VALIDATION_METRIC,
+                mode="max",
+                patience=config.early_stopping_patience,
+                restore_best_weights=True,
             ),
         ],
     )
@@ -182,20 +188,23 @@ def train(inputs: TrainingInputs, config: TrainerConfig) -> dict[str, Any]:
 
 
 def plot_history(history: dict[str, list[float]], path: str) -> None:
-    """Draws training and validation loss per epoch."""
+    """Draws training and validation loss (left) and validation ranking metrics (right) per epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     labels = {"loss": "train (sampled softmax)", "val_loss": "validation (full softmax)"}
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, (losses, ranking) = plt.subplots(1, 2, figsize=(10, 3.6))
     for name, values in history.items():
-        ax.plot(range(1, len(values) + 1), values, marker="o", label=labels.get(name, name))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("next-item loss")
-    ax.set_title("Interest model training")
-    ax.legend()
+        axis = losses if name in labels else ranking
+        axis.plot(range(1, len(values) + 1), values, marker="o", label=labels.get(name, name))
+    losses.set_ylabel("next-item loss")
+    ranking.set_ylabel("validation ranking (seen items excluded)")
+    for axis in (losses, ranking):
+        axis.set_xlabel("epoch")
+        axis.legend(fontsize="small")
+    fig.suptitle("Interest model training")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -41,7 +41,6 @@ from schemas.catalog import CatalogEntry, catalog_path, write_catalog
 from schemas.events import Event, Item, read_items
 
 SPLITS = ("train", "eval", "test")
-SEEN_ITEM_IDS = "meta/seen_item_ids"
 
 
 class DataAnomaliesError(RuntimeError):
@@ -49,7 +48,11 @@ class DataAnomaliesError(RuntimeError):
 
 
 def split_user_history(
-    user_id: str, events: Iterable[Event], max_events: int, item_categories: Mapping[str, Sequence[str]]
+    user_id: str,
+    events: Iterable[Event],
+    max_events: int,
+    item_categories: Mapping[str, Sequence[str]],
+    review_sentiment: Mapping[str, float] | None = None,
 ) -> Iterator[tuple[str, bytes]]:
     """Yields (split, serialized example) for each prediction point of one user.
 
@@ -58,6 +61,7 @@ def split_user_history(
       events: all of the user's events.
       max_events: the event window bound.
       item_categories: item_id -> categories, from the catalog.
+      review_sentiment: event_id -> sentiment of the user's review events.
 
     Returns:
       An iterator over the user's training, validation and test examples.
@@ -72,27 +76,51 @@ def split_user_history(
         window = g.select_event_window(history[:i], target.timestamp, max_events)
         if split == "train" and not window:
             continue
-        example = g.encode_interest_subgraph(window, target.timestamp, item_categories)
+        example = g.encode_interest_subgraph(window, target.timestamp, item_categories, review_sentiment)
         g.add_training_label(example, user_id, target)
         if split != "train":
             seen = sorted({e.item_id for e in history[:i]})
-            example.features.feature[SEEN_ITEM_IDS].bytes_list.value.extend(s.encode() for s in seen)
+            example.features.feature[g.SEEN_ITEM_IDS].bytes_list.value.extend(s.encode() for s in seen)
         yield split, example.SerializeToString()
 
 
+class MissingReviewSentimentError(RuntimeError):
+    """Events carry review text but no review sentiment head was configured."""
+
+
 class _BuildUserExamples(beam.DoFn):
-    def __init__(self, items_path: str, max_events: int) -> None:
+    def __init__(self, items_path: str, max_events: int, review_sentiment_dir: str, bert_dir: str) -> None:
         self._items_path = items_path
         self._max_events = max_events
+        self._review_sentiment_dir = review_sentiment_dir
+        self._bert_dir = bert_dir
 
     def setup(self) -> None:
         # Each worker reads the catalog once; it is small next to the events.
         items, _ = read_items(self._items_path)
         self._categories = {i.item_id: i.categories for i in items}
+        self._review_sentiment: Any = None
+
+    def _sentiments(self, events: list[Event]) -> dict[str, float]:
+        if not any(e.event_type == "review" and e.text for e in events):
+            return {}
+        if self._review_sentiment is None:
+            if not self._review_sentiment_dir:
+                raise MissingReviewSentimentError(
+                    "events include review text, but no review sentiment head is configured: train one with "
+                    "`interest-graph train-review-sentiment --output DIR` and pass --review-sentiment-dir DIR/head"
+                )
+            # Loaded only when a review appears: BERT costs seconds and memory.
+            from trainer.review_sentiment import ReviewSentiment
+
+            self._review_sentiment = ReviewSentiment.load(self._review_sentiment_dir, self._bert_dir or None)
+        return self._review_sentiment.event_sentiments(events)
 
     def process(self, element: tuple[str, Iterable[Event]]) -> Iterator[beam.pvalue.TaggedOutput]:
         user_id, events = element
-        for split, example in split_user_history(user_id, events, self._max_events, self._categories):
+        events = list(events)
+        sentiments = self._sentiments(events)
+        for split, example in split_user_history(user_id, events, self._max_events, self._categories, sentiments):
             yield beam.pvalue.TaggedOutput(split, example)
 
 
@@ -137,6 +165,8 @@ class GraphBuilderExecutor(base_beam_executor.BaseBeamExecutor):
         output.split_names = artifact_utils.encode_split_names(list(SPLITS))
         items_path = exec_properties["items_path"]
         max_events = int(exec_properties["max_events"])
+        review_sentiment_dir = exec_properties.get("review_sentiment_dir") or ""
+        bert_dir = exec_properties.get("bert_dir") or ""
         patterns = [
             os.path.join(artifact_utils.get_split_uri([examples], split), "*")
             for split in artifact_utils.decode_split_names(examples.split_names)
@@ -153,7 +183,7 @@ class GraphBuilderExecutor(base_beam_executor.BaseBeamExecutor):
                 | "GroupByUser" >> beam.GroupByKey()
             )
             per_split = by_user | "BuildSubgraphs" >> beam.ParDo(
-                _BuildUserExamples(items_path, max_events)
+                _BuildUserExamples(items_path, max_events, review_sentiment_dir, bert_dir)
             ).with_outputs(*SPLITS)
             for split in SPLITS:
                 _ = per_split[split] | f"Write{split}" >> beam.io.WriteToTFRecord(
@@ -203,6 +233,8 @@ class GraphBuilderSpec(types.ComponentSpec):
     PARAMETERS = {
         "items_path": ExecutionParameter(type=str),
         "max_events": ExecutionParameter(type=int),
+        "review_sentiment_dir": ExecutionParameter(type=str, optional=True),
+        "bert_dir": ExecutionParameter(type=str, optional=True),
     }
     INPUTS = {
         "examples": ChannelParameter(type=standard_artifacts.Examples),
@@ -219,18 +251,31 @@ class GraphBuilder(base_beam_component.BaseBeamComponent):
       anomalies: ExampleValidator's output; any anomaly stops the run.
       items_path: the item catalog file (CSV or JSONL).
       max_events: the event window bound.
+      review_sentiment_dir: the review sentiment head (`ReviewSentiment.save`);
+        needed only when events carry review text.
+      bert_dir: the BERT folder the head reads review text with.
     """
 
     SPEC_CLASS = GraphBuilderSpec
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(GraphBuilderExecutor)
 
-    def __init__(self, examples: types.BaseChannel, anomalies: types.BaseChannel, items_path: str, max_events: int):
+    def __init__(
+        self,
+        examples: types.BaseChannel,
+        anomalies: types.BaseChannel,
+        items_path: str,
+        max_events: int,
+        review_sentiment_dir: str = "",
+        bert_dir: str = "",
+    ):
         super().__init__(
             spec=GraphBuilderSpec(
                 examples=examples,
                 anomalies=anomalies,
                 items_path=items_path,
                 max_events=max_events,
+                review_sentiment_dir=review_sentiment_dir,
+                bert_dir=bert_dir,
                 graph_examples=types.Channel(type=standard_artifacts.Examples),
             )
         )

@@ -24,28 +24,13 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import path_utils
 
-from pipeline.components.graph_builder import SEEN_ITEM_IDS
-from schemas import graph as g
 from schemas import signatures as s
 from schemas.catalog import catalog_path, read_catalog
+from trainer.graph_dataset import read_evaluation_points
 from trainer.metrics import MAX_CUTOFF, items_by_popularity, popularity_ranking, ranking_metrics
 
 METRICS_FILE = "metrics.json"
 BLESSING_METRIC = "ndcg@10"
-
-
-def read_evaluation_points(example_files: Sequence[str]) -> tuple[list[bytes], list[str], list[list[str]]]:
-    """(serialized subgraphs, target item ids, items to exclude) of evaluation examples."""
-    files = sorted(f for p in example_files for f in tf.io.gfile.glob(p))
-    if not files:
-        raise FileNotFoundError(f"no evaluation examples match {list(example_files)}")
-    serialized, targets, seen = [], [], []
-    for record in tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator():
-        features = tf.train.Example.FromString(record).features.feature
-        serialized.append(record)
-        targets.append(features[g.LABEL_ITEM_ID].bytes_list.value[0].decode())
-        seen.append([v.decode() for v in features[SEEN_ITEM_IDS].bytes_list.value])
-    return serialized, targets, seen
 
 
 def saved_model_rankings(

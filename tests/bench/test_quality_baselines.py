@@ -14,7 +14,7 @@ from bench.quality.data import build_split
 from bench.quality.item_cooccurrence import ItemCooccurrence
 from bench.quality.popularity import Popularity
 from bench.quality.sasrec import SASRec, training_windows
-from pipeline.components.graph_builder import SEEN_ITEM_IDS, split_user_history
+from pipeline.components.graph_builder import split_user_history
 from schemas import graph as g
 from schemas.events import Event
 from trainer.metrics import ranking_metrics
@@ -52,7 +52,7 @@ def test_split_matches_the_pipeline_graph_builder() -> None:
     for point, (example,) in ((eval_point, by_split["eval"]), (test_point, by_split["test"])):
         features = example.features.feature
         assert point.target_item == features[g.LABEL_ITEM_ID].bytes_list.value[0].decode()
-        assert sorted(point.exclude) == sorted(v.decode() for v in features[SEEN_ITEM_IDS].bytes_list.value)
+        assert sorted(point.exclude) == sorted(v.decode() for v in features[g.SEEN_ITEM_IDS].bytes_list.value)
         assert [e.item_id for e in point.window] == _window_items(example)
     # Training events: everything but the last two; the pipeline's training points are
     # those with a non-empty window, with the same windows.

@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 
-from pipeline.components.graph_builder import SEEN_ITEM_IDS, read_anomalies, split_user_history
+from pipeline.components.graph_builder import read_anomalies, split_user_history
 from schemas import graph as g
 from schemas.events import Event
 from trainer.graph_dataset import parse_subgraphs
@@ -46,9 +46,9 @@ def test_no_subgraph_contains_an_event_at_or_after_its_prediction_time() -> None
 
 def test_evaluation_points_carry_every_earlier_item_to_exclude() -> None:
     split_examples = dict(_examples())
-    seen = split_examples["test"].features.feature[SEEN_ITEM_IDS].bytes_list.value
+    seen = split_examples["test"].features.feature[g.SEEN_ITEM_IDS].bytes_list.value
     assert sorted(seen) == [b"i0", b"i1", b"i2", b"i3", b"i4"]
-    assert SEEN_ITEM_IDS not in split_examples["train"].features.feature
+    assert g.SEEN_ITEM_IDS not in split_examples["train"].features.feature
 
 
 def test_window_bound_applies() -> None:
