@@ -1,10 +1,9 @@
 """Versioned SavedModel loading with TensorFlow Serving's on-disk layout.
 
 A model lives under ``<model_base_path>/<integer version>/saved_model.pb``. This
-module finds those versions, loads the newest one with ``tf.saved_model.load``,
-replays its warmup requests, and keeps polling the base path so that a newly
-pushed version replaces the serving one without a restart (TF Serving's default
-"latest version" policy).
+module finds those versions, loads the ones the model's version policy asks for
+with ``tf.saved_model.load``, replays their warmup requests, and, polled again,
+swaps in newly pushed versions without a restart.
 
 Only ``tensorflow`` and the ``tensorflow_serving`` protos are imported: the
 server knows a model only as a SavedModel on disk, exactly like the real
@@ -24,7 +23,8 @@ from typing import Any
 import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
-from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+from tensorflow_serving.apis import get_model_status_pb2, predict_pb2, prediction_log_pb2
+from tensorflow_serving.config import file_system_storage_path_source_pb2
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,8 @@ WARMUP_RELATIVE_PATH = os.path.join("assets.extra", "tf_serving_warmup_requests"
 MAX_WARMUP_RECORDS = 1000
 # Added by tf.saved_model.save for variable initialisation; not a serving endpoint.
 INIT_OP_SIGNATURE_KEY = "__saved_model_init_op"
+VersionPolicy = file_system_storage_path_source_pb2.FileSystemStoragePathSourceConfig.ServableVersionPolicy
+_STATE = get_model_status_pb2.ModelVersionStatus
 
 
 class NoServableVersionError(Exception):
@@ -79,13 +81,14 @@ class VersionState:
 
     Attributes:
         version: Integer version.
-        available: True while the version is serving.
+        state: A ``ModelVersionStatus.State`` value (LOADING, AVAILABLE,
+            UNLOADING or END).
         error: Load error message, or None if the version loaded (or was
-            unloaded normally after a newer one took over).
+            unloaded normally).
     """
 
     version: int
-    available: bool
+    state: int
     error: str | None = None
 
 
@@ -236,105 +239,151 @@ def load_servable_version(
 
 
 class ServableVersions:
-    """Serves the newest loadable version of one model and hot-swaps new ones.
+    """Loads the versions of one model that its version policy asks for.
 
-    A background thread re-scans the base path every ``poll_wait_seconds``. A
-    version that differs from the serving one (normally a higher one just
-    pushed) is loaded and warmed up off the request path; only then is the
-    serving reference swapped under a lock, so requests never see a
-    half-loaded model. A version that fails to load is logged, remembered
-    (and retried only if its proto file changes) and the previous version
-    keeps serving.
+    ``poll_once`` scans the base path and applies TF Serving's version
+    policies: ``latest {num_versions: N}`` (the default, N=1), ``all`` and
+    ``specific {versions: ...}``. New versions are loaded and warmed up off the
+    request path and only then published, so requests never see a half-loaded
+    model; versions the policy no longer wants are unloaded after that, and
+    only if some wanted version is available (availability first: the model
+    never goes from serving to nothing because of a bad push). A version that
+    fails to load is remembered with its files' fingerprint and retried only
+    when its files change; under ``latest`` the next older version takes its
+    place.
     """
 
     def __init__(
         self,
         model_name: str,
         base_path: str,
-        poll_wait_seconds: float = 1.0,
+        policy: VersionPolicy | None = None,
         warmup: WarmupFn | None = None,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
-        """Initialises the loader; nothing is loaded until `poll_once`/`start`.
+        """Initialises the loader; nothing is loaded until `poll_once`.
 
         Args:
             model_name: Model name clients use in ``ModelSpec.name``.
             base_path: Directory holding the integer version subdirectories.
-            poll_wait_seconds: Seconds between scans; <= 0 scans only once.
+            policy: Which versions to serve; None means ``latest {1}``.
             warmup: Callable replaying one warmup request (see
                 `load_servable_version`).
+            on_change: Called after versions were loaded or unloaded.
         """
         self.model_name = model_name
         self.base_path = base_path
-        self.poll_wait_seconds = poll_wait_seconds
+        self.policy = policy if policy is not None else VersionPolicy()
         self._warmup = warmup
+        self._on_change = on_change
+        # _lock guards the published state; _poll_lock serialises polls (the
+        # poller thread and a config reload may both poll).
         self._lock = threading.Lock()
-        self._current: ServableVersion | None = None
+        self._poll_lock = threading.Lock()
+        self._loaded: dict[int, ServableVersion] = {}
         self._states: dict[int, VersionState] = {}
-        # version -> fingerprint of its files at a failed load, so the same
-        # broken files are not reloaded (and logged) on every poll.
         self._failed: dict[int, tuple[tuple[str, int, int], ...]] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def current(self) -> ServableVersion:
-        """Returns the serving version.
+    def reconfigure(self, base_path: str, policy: VersionPolicy) -> None:
+        """Changes the base path and policy; the next `poll_once` applies them."""
+        with self._poll_lock:
+            self.base_path = base_path
+            self.policy = policy
+
+    def get(self, version: int | None = None) -> ServableVersion:
+        """Returns a loaded version.
+
+        Args:
+            version: Requested version, or None for the highest loaded one.
+
+        Returns:
+            The loaded version.
 
         Raises:
-            NoServableVersionError: If no version has loaded yet.
+            NoServableVersionError: If no version is loaded.
+            VersionNotFoundError: If ``version`` is not loaded.
         """
         with self._lock:
-            servable = self._current
-        if servable is None:
+            loaded = dict(self._loaded)
+        if not loaded:
             raise NoServableVersionError(
                 f"model {self.model_name!r} has no loaded version yet (waiting for "
                 f"<version>/saved_model.pb under {self.base_path})"
             )
-        return servable
-
-    def get(self, version: int | None = None) -> ServableVersion:
-        """Returns the serving version, optionally checking its number.
-
-        Args:
-            version: Requested version, or None for the latest.
-
-        Returns:
-            The serving version.
-
-        Raises:
-            NoServableVersionError: If no version has loaded yet.
-            VersionNotFoundError: If ``version`` is not the serving one.
-        """
-        servable = self.current()
-        if version is not None and version != servable.version:
+        if version is None:
+            return loaded[max(loaded)]
+        if version not in loaded:
             raise VersionNotFoundError(
-                f"model {self.model_name!r} version {version} is not loaded; " f"available version: {servable.version}"
+                f"model {self.model_name!r} version {version} is not loaded; available versions: {sorted(loaded)}"
             )
-        return servable
+        return loaded[version]
+
+    def available(self) -> list[int]:
+        """Returns the loaded (AVAILABLE) versions, ascending."""
+        with self._lock:
+            return sorted(self._loaded)
 
     def states(self) -> list[VersionState]:
-        """Returns the known versions (serving, unloaded, failed), newest first."""
+        """Returns every version seen (loading, serving, unloaded, failed), newest first."""
         with self._lock:
             return sorted(self._states.values(), key=lambda s: s.version, reverse=True)
 
     def poll_once(self) -> None:
-        """Scans the base path once and loads a new target version if any.
+        """Scans the base path once and loads/unloads versions per the policy."""
+        with self._poll_lock:
+            on_disk = scan_versions(self.base_path)
+            choice = self.policy.WhichOneof("policy_choice")
+            wanted: list[int] = []
+            if choice in (None, "latest"):
+                count = max(1, self.policy.latest.num_versions) if choice else 1
+                for version in sorted(on_disk, reverse=True):
+                    if len(wanted) == count:
+                        break
+                    if self._ensure_loaded(version, on_disk[version]):
+                        wanted.append(version)
+            else:
+                targets = sorted(on_disk) if choice == "all" else sorted(set(self.policy.specific.versions))
+                wanted = [v for v in targets if v in on_disk and self._ensure_loaded(v, on_disk[v])]
+            self._unload_all_but(set(wanted))
 
-        Candidates are tried newest first; the scan stops at the serving
-        version, so an older version is only loaded if the serving one's
-        directory was removed (a rollback).
-        """
-        versions = scan_versions(self.base_path)
+    def unload_all(self) -> None:
+        """Unloads every version (the model was removed from the config)."""
+        with self._poll_lock:
+            self._unload(sorted(self.available()))
+
+    def _ensure_loaded(self, version: int, version_dir: str) -> bool:
+        """Returns True once ``version`` from ``version_dir`` is loaded."""
         with self._lock:
-            serving = self._current.version if self._current else None
-        for version in sorted(versions, reverse=True):
-            if version == serving:
-                return
-            version_dir = versions[version]
-            fingerprint = self._fingerprint(version_dir)
-            if self._failed.get(version) == fingerprint:
-                continue
-            if self._try_load(version, version_dir, fingerprint):
-                return
+            current = self._loaded.get(version)
+        if current is not None and current.path == version_dir:
+            return True
+        fingerprint = self._fingerprint(version_dir)
+        if self._failed.get(version) == fingerprint:
+            return False
+        return self._try_load(version, version_dir, fingerprint)
+
+    def _unload_all_but(self, wanted: set[int]) -> None:
+        with self._lock:
+            loaded = set(self._loaded)
+        if not loaded & wanted:
+            return  # nothing wanted is available: keep serving what we have
+        self._unload(sorted(loaded - wanted))
+
+    def _unload(self, versions: list[int]) -> None:
+        if not versions:
+            return
+        with self._lock:
+            for version in versions:
+                # In-flight requests still hold a reference; TF frees it after them.
+                self._loaded.pop(version, None)
+                self._states[version] = VersionState(version, _STATE.END)
+        for version in versions:
+            logger.info("Unloaded model %s version %d", self.model_name, version)
+        self._changed()
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change()
 
     @staticmethod
     def _fingerprint(version_dir: str) -> tuple[tuple[str, int, int], ...]:
@@ -355,6 +404,8 @@ class ServableVersions:
         return tuple(sorted(entries))
 
     def _try_load(self, version: int, version_dir: str, fingerprint: tuple[tuple[str, int, int], ...]) -> bool:
+        with self._lock:
+            self._states[version] = VersionState(version, _STATE.LOADING)
         try:
             servable = load_servable_version(self.model_name, version, version_dir, self._warmup)
         except Exception as exc:  # noqa: BLE001 - any load failure must keep the old version serving
@@ -364,15 +415,12 @@ class ServableVersions:
             )
             self._failed[version] = fingerprint
             with self._lock:
-                self._states[version] = VersionState(version, available=False, error=message)
+                self._states[version] = VersionState(version, _STATE.END, error=message)
             return False
         self._failed.pop(version, None)
         with self._lock:
-            previous = self._current
-            self._current = servable
-            self._states[version] = VersionState(version, available=True)
-            if previous is not None:
-                self._states[previous.version] = VersionState(previous.version, available=False)
+            self._loaded[version] = servable
+            self._states[version] = VersionState(version, _STATE.AVAILABLE)
         logger.info(
             "Loaded model %s version %d from %s in %.2fs; warmup: %d request(s) in %.2fs",
             self.model_name,
@@ -382,28 +430,5 @@ class ServableVersions:
             servable.warmup_requests,
             servable.warmup_seconds,
         )
-        if previous is not None:
-            # In-flight requests still hold a reference; TF frees it after them.
-            logger.info("Unloaded model %s version %d", self.model_name, previous.version)
+        self._changed()
         return True
-
-    def start(self) -> None:
-        """Starts the background polling thread (no-op if polling is off)."""
-        if self.poll_wait_seconds <= 0 or self._thread is not None:
-            return
-        self._thread = threading.Thread(target=self._poll_loop, name=f"poll-{self.model_name}", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stops the polling thread and waits for it (at most one load)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-
-    def _poll_loop(self) -> None:
-        while not self._stop.wait(self.poll_wait_seconds):
-            try:
-                self.poll_once()
-            except Exception:  # noqa: BLE001 - the poller must survive e.g. a vanished directory
-                logger.exception("Polling %s failed", self.base_path)
