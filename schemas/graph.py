@@ -6,6 +6,11 @@ recent events strictly before t, as a small heterogeneous graph:
     user      one node: whose interest state is computed
     item      one node per distinct item in the window (feature `item_id`)
     category  one node per distinct category of those items (feature `name`)
+    memory    the long-term memory: one node per distinct item of the events
+              that fell out of the window (older than its oldest event), with
+              `log_weight` = log sum over those events of exp(-age / tau),
+              tau = MEMORY_TIME_SCALE_DAYS; the model folds them into one
+              memory vector (a recency-weighted mean of their item vectors)
     event     item -> user, one edge per event: `event_type`, `value`,
               `age_days` (how long before t it happened), `recency`
               (0 for the most recent event of the window) and `sentiment`
@@ -25,6 +30,7 @@ not need tensorflow_gnn.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable, Mapping, Sequence
 
 from tensorflow.core.example import example_pb2, feature_pb2
@@ -34,6 +40,7 @@ from schemas.events import Event
 USER = "user"
 ITEM = "item"
 CATEGORY = "category"
+MEMORY = "memory"
 EVENT = "event"
 IN_CATEGORY = "in_category"
 
@@ -44,6 +51,7 @@ EVENT_VALUE = "value"
 EVENT_AGE_DAYS = "age_days"
 EVENT_RECENCY = "recency"
 EVENT_SENTIMENT = "sentiment"
+MEMORY_LOG_WEIGHT = "log_weight"
 PREDICTION_TIME = "prediction_time"
 
 # Features of a training example that are not part of the graph: what the user
@@ -56,6 +64,8 @@ META_TIMESTAMP = "meta/timestamp"
 SEEN_ITEM_IDS = "meta/seen_item_ids"
 
 SECONDS_PER_DAY = 86_400.0
+# How fast the long-term memory forgets: an event's weight is exp(-age / tau).
+MEMORY_TIME_SCALE_DAYS = 60.0
 
 GRAPH_SCHEMA_PBTXT = f"""
 context {{
@@ -80,6 +90,14 @@ node_sets {{
   value {{
     description: "Categories of the window's items."
     features {{ key: "{CATEGORY_NAME}" value {{ dtype: DT_STRING }} }}
+  }}
+}}
+node_sets {{
+  key: "{MEMORY}"
+  value {{
+    description: "Items of the events older than the window: the long-term memory."
+    features {{ key: "{ITEM_ID}" value {{ dtype: DT_STRING }} }}
+    features {{ key: "{MEMORY_LOG_WEIGHT}" value {{ dtype: DT_FLOAT }} }}
   }}
 }}
 edge_sets {{
@@ -140,6 +158,35 @@ def select_event_window(events: Iterable[Event], prediction_time: int, max_event
     return before[-max_events:] if max_events > 0 else []
 
 
+def select_memory_events(events: Iterable[Event], prediction_time: int, max_events: int) -> list[Event]:
+    """The events strictly before `prediction_time` that are older than the window, oldest first.
+
+    Together with `select_event_window(events, prediction_time, max_events)`
+    they are exactly the user's events before the prediction time.
+    """
+    before = sorted((e for e in events if e.timestamp < prediction_time), key=event_order)
+    return before[: max(len(before) - max_events, 0)]
+
+
+def memory_log_weights(remembered: Iterable[Event], prediction_time: int) -> dict[str, float]:
+    """item_id -> log sum over the item's remembered events of exp(-age_days / tau).
+
+    Computed in float64 with a running log-sum-exp, so very old events
+    underflow gracefully instead of becoming log(0).
+    """
+    weights: dict[str, float] = {}
+    for event in remembered:
+        log_weight = -(prediction_time - event.timestamp) / SECONDS_PER_DAY / MEMORY_TIME_SCALE_DAYS
+        previous = weights.get(event.item_id)
+        weights[event.item_id] = log_weight if previous is None else _log_add(previous, log_weight)
+    return weights
+
+
+def _log_add(a: float, b: float) -> float:
+    high, low = max(a, b), min(a, b)
+    return high + math.log1p(math.exp(low - high))
+
+
 def _bytes(values: Iterable[str]) -> feature_pb2.Feature:
     return feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=[v.encode() for v in values]))
 
@@ -157,6 +204,7 @@ def encode_interest_subgraph(
     prediction_time: int,
     item_categories: Mapping[str, Sequence[str]],
     review_sentiment: Mapping[str, float] | None = None,
+    remembered: Sequence[Event] = (),
 ) -> example_pb2.Example:
     """Encodes a user's event window as a GraphTensor tf.Example.
 
@@ -168,6 +216,10 @@ def encode_interest_subgraph(
         no category edges (a cold item still gets a node).
       review_sentiment: event_id -> sentiment in [-1, 1] of `review` events'
         text (see `trainer.review_sentiment`); events not in it get 0.
+      remembered: events older than the window to fold into the long-term
+        memory (`select_memory_events`); all of them for a full
+        recomputation, only the newly evicted ones for an incremental update
+        on top of a stored memory (the `fold_interest` signature).
 
     Returns:
       A tf.Example that `tfgnn.parse_example(GraphTensorSpec of
@@ -183,6 +235,10 @@ def encode_interest_subgraph(
                 f"event {event.event_id} at {event.timestamp} is not before the prediction time {prediction_time}"
             )
         item_index.setdefault(event.item_id, len(item_index))
+    late = [e.event_id for e in remembered if e.timestamp >= prediction_time]
+    if late:
+        raise ValueError(f"remembered events {late[:3]} are not before the prediction time {prediction_time}")
+    memory = memory_log_weights(remembered, prediction_time)
     category_index: dict[str, int] = {}
     category_sources: list[int] = []
     category_targets: list[int] = []
@@ -199,6 +255,9 @@ def encode_interest_subgraph(
         f"nodes/{ITEM}.{ITEM_ID}": _bytes(item_index),
         f"nodes/{CATEGORY}.#size": _int64([len(category_index)]),
         f"nodes/{CATEGORY}.{CATEGORY_NAME}": _bytes(category_index),
+        f"nodes/{MEMORY}.#size": _int64([len(memory)]),
+        f"nodes/{MEMORY}.{ITEM_ID}": _bytes(memory),
+        f"nodes/{MEMORY}.{MEMORY_LOG_WEIGHT}": _float(memory.values()),
         f"edges/{EVENT}.#size": _int64([n]),
         f"edges/{EVENT}.#source": _int64(item_index[e.item_id] for e in event_window),
         f"edges/{EVENT}.#target": _int64([0] * n),

@@ -3,8 +3,14 @@
 The exported SavedModel, the model server's checks, and the gRPC client all
 read these names; nothing else spells them.
 
-    update_interest(subgraph)                         -> interest_state, and the
+    update_interest(subgraph)                         -> interest_state,
+                                                         long_term_memory and the
                                                          readable interest graph
+    fold_interest(subgraph, long_term_memory)         -> the same, incrementally:
+                                                         the subgraph's memory nodes
+                                                         are only the newly evicted
+                                                         events, merged into the
+                                                         given memory
     recommend(interest_state, exclude_item_ids, k)    -> item_ids, scores
     score(interest_state, item_ids)                   -> scores
 
@@ -33,8 +39,14 @@ INTEREST_DIM = 64
 NUM_INTERESTS = 1
 TOP_INTEREST_ITEMS = 10
 TOP_INTEREST_CATEGORIES = 5
+# The long-term memory: the recency-weighted mean item vector of the events
+# older than the window, then the log of their total weight at the prediction
+# time (NO_MEMORY_LOG_MASS: nothing remembered). See trainer/long_term_memory.py.
+MEMORY_WIDTH = INTEREST_DIM + 1
+NO_MEMORY_LOG_MASS = -1e9
 
 UPDATE_INTEREST = "update_interest"
+FOLD_INTEREST = "fold_interest"
 RECOMMEND = "recommend"
 SCORE = "score"
 # A request without a signature name gets TF Serving's "serving_default"; the
@@ -43,6 +55,7 @@ DEFAULT_SIGNATURE = "serving_default"
 
 SUBGRAPH = "subgraph"
 INTEREST_STATE = "interest_state"
+LONG_TERM_MEMORY = "long_term_memory"
 EXCLUDE_ITEM_IDS = "exclude_item_ids"
 K = "k"
 ITEM_IDS = "item_ids"
@@ -73,17 +86,26 @@ class SignatureContract:
     outputs: tuple[TensorContract, ...]
 
 
+_INTEREST_OUTPUTS = (
+    TensorContract(INTEREST_STATE, "float32", (None, None, INTEREST_DIM)),
+    TensorContract(LONG_TERM_MEMORY, "float32", (None, MEMORY_WIDTH)),
+    TensorContract(INTEREST_ITEM_IDS, "string", (None, TOP_INTEREST_ITEMS)),
+    TensorContract(INTEREST_ITEM_WEIGHTS, "float32", (None, TOP_INTEREST_ITEMS)),
+    TensorContract(INTEREST_CATEGORIES, "string", (None, TOP_INTEREST_CATEGORIES)),
+    TensorContract(INTEREST_CATEGORY_WEIGHTS, "float32", (None, TOP_INTEREST_CATEGORIES)),
+)
+
 SIGNATURES: dict[str, SignatureContract] = {
     UPDATE_INTEREST: SignatureContract(
-        UPDATE_INTEREST,
-        inputs=(TensorContract(SUBGRAPH, "string", (None,)),),
-        outputs=(
-            TensorContract(INTEREST_STATE, "float32", (None, None, INTEREST_DIM)),
-            TensorContract(INTEREST_ITEM_IDS, "string", (None, TOP_INTEREST_ITEMS)),
-            TensorContract(INTEREST_ITEM_WEIGHTS, "float32", (None, TOP_INTEREST_ITEMS)),
-            TensorContract(INTEREST_CATEGORIES, "string", (None, TOP_INTEREST_CATEGORIES)),
-            TensorContract(INTEREST_CATEGORY_WEIGHTS, "float32", (None, TOP_INTEREST_CATEGORIES)),
+        UPDATE_INTEREST, inputs=(TensorContract(SUBGRAPH, "string", (None,)),), outputs=_INTEREST_OUTPUTS
+    ),
+    FOLD_INTEREST: SignatureContract(
+        FOLD_INTEREST,
+        inputs=(
+            TensorContract(SUBGRAPH, "string", (None,)),
+            TensorContract(LONG_TERM_MEMORY, "float32", (None, MEMORY_WIDTH)),
         ),
+        outputs=_INTEREST_OUTPUTS,
     ),
     RECOMMEND: SignatureContract(
         RECOMMEND,

@@ -47,6 +47,11 @@ class TrainerConfig:
         vectors receive from (0: no item <-> item round, the ablation).
       message_passing_rounds: rounds of attention from events to the user; from
         the second round on, the user's state so far is the attention query.
+        Default 1: on MovieLens-100k a second round measured no better
+        (test NDCG@10 0.1021 vs 0.1026, seed 0, bench/quality) and learned a
+        synthetic next-item rule more slowly. Item vectors already carry one
+        round of item <- co-interaction/category messages (`ItemTower`), so
+        the default still passes messages twice: items, then user.
     """
 
     interest_dim: int = INTEREST_DIM
@@ -65,7 +70,7 @@ class TrainerConfig:
     use_categories: bool = False
     use_time: bool = True
     co_interaction_neighbours: int = 10
-    message_passing_rounds: int = 2
+    message_passing_rounds: int = 1
 
     def __post_init__(self) -> None:
         if self.interest_dim != INTEREST_DIM:

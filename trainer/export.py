@@ -32,7 +32,7 @@ def _spec(contract: s.SignatureContract) -> list[tf.TensorSpec]:
 
 
 def export_serving_model(model: InterestModel, export_dir: str, warmup_subgraphs: Sequence[bytes]) -> None:
-    """Writes the SavedModel with the update, recommend and score signatures.
+    """Writes the SavedModel with the update, fold, recommend and score signatures.
 
     Args:
       model: the trained model.
@@ -60,20 +60,28 @@ def export_serving_model(model: InterestModel, export_dir: str, warmup_subgraphs
     def all_scores(interest_state: tf.Tensor) -> tf.Tensor:
         return best_interest_scores(interest_state, item_vectors) + item_bias
 
-    @tf.function(input_signature=_spec(s.SIGNATURES[s.UPDATE_INTEREST]))
-    def update_interest(subgraph: tf.Tensor) -> dict[str, tf.Tensor]:
+    def interest_outputs(subgraph: tf.Tensor, prior_memory: tf.Tensor | None) -> dict[str, tf.Tensor]:
         graph = parse_subgraphs(subgraph, spec)
-        state = model.encoder(graph, training=False)
+        state, memory = model.encoder.encode(graph, prior_memory)
         readable = readable_interest_graph(
             model, graph, state, s.TOP_INTEREST_ITEMS, s.TOP_INTEREST_CATEGORIES
         )
         return {
             s.INTEREST_STATE: state,
+            s.LONG_TERM_MEMORY: memory,
             s.INTEREST_ITEM_IDS: readable["item_ids"],
             s.INTEREST_ITEM_WEIGHTS: readable["item_weights"],
             s.INTEREST_CATEGORIES: readable["categories"],
             s.INTEREST_CATEGORY_WEIGHTS: readable["category_weights"],
         }
+
+    @tf.function(input_signature=_spec(s.SIGNATURES[s.UPDATE_INTEREST]))
+    def update_interest(subgraph: tf.Tensor) -> dict[str, tf.Tensor]:
+        return interest_outputs(subgraph, None)
+
+    @tf.function(input_signature=_spec(s.SIGNATURES[s.FOLD_INTEREST]))
+    def fold_interest(subgraph: tf.Tensor, long_term_memory: tf.Tensor) -> dict[str, tf.Tensor]:
+        return interest_outputs(subgraph, long_term_memory)
 
     @tf.function(input_signature=_spec(s.SIGNATURES[s.RECOMMEND]))
     def recommend(interest_state: tf.Tensor, exclude_item_ids: tf.Tensor, k: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -98,6 +106,7 @@ def export_serving_model(model: InterestModel, export_dir: str, warmup_subgraphs
 
     archive.add_endpoint(s.UPDATE_INTEREST, update_interest)
     archive.add_endpoint(s.DEFAULT_SIGNATURE, update_interest)
+    archive.add_endpoint(s.FOLD_INTEREST, fold_interest)
     archive.add_endpoint(s.RECOMMEND, recommend)
     archive.add_endpoint(s.SCORE, score)
     archive.write_out(export_dir)
@@ -110,10 +119,12 @@ def write_warmup_requests(
 ) -> None:
     """Writes one PredictionLog per signature, as TF Serving's warmup expects."""
     subgraph_batch = tf.constant(list(subgraphs), tf.string)
-    state = update_interest(subgraph_batch)[s.INTEREST_STATE].numpy()
+    outputs = update_interest(subgraph_batch)
+    state = outputs[s.INTEREST_STATE].numpy()
     n = len(subgraphs)
     requests = {
         s.UPDATE_INTEREST: {s.SUBGRAPH: subgraph_batch},
+        s.FOLD_INTEREST: {s.SUBGRAPH: subgraph_batch, s.LONG_TERM_MEMORY: outputs[s.LONG_TERM_MEMORY]},
         s.RECOMMEND: {
             s.INTEREST_STATE: state,
             s.EXCLUDE_ITEM_IDS: tf.constant([[sample_item_ids[0], s.PADDING_ITEM_ID]] * n),

@@ -15,6 +15,7 @@ from tensorflow_gnn.models import gat_v2  # noqa: E402
 from schemas import graph as g  # noqa: E402
 from schemas.events import EVENT_TYPES  # noqa: E402
 from trainer.item_tower import ItemTower  # noqa: E402
+from trainer.long_term_memory import MemoryReadout, graph_memory, merge_memories  # noqa: E402
 
 # Time scales (days) of the fixed multi-scale recency encoding: within a
 # session, a day, a week, a month, a year.
@@ -55,6 +56,8 @@ class InterestEncoder(tf.keras.layers.Layer):
          attention query: which past events matter depends on what the first
          round found (e.g. a recent burst of one genre re-weights older events
          of that genre). The last state is mapped to `num_interests` vectors.
+    Then the long-term memory (the events older than the window, see
+    `trainer.long_term_memory`) adds its learned readout to those vectors.
 
     The result is `num_interests` vectors in the item space: an item's score
     for the user is its best dot product over them.
@@ -109,6 +112,7 @@ class InterestEncoder(tf.keras.layers.Layer):
                 )
             }
         )
+        self.memory_readout = MemoryReadout(num_interests * interest_dim)
         self.user_updates = [
             self._user_round(num_interests * interest_dim if r == message_passing_rounds - 1 else interest_dim)
             for r in range(message_passing_rounds)
@@ -134,7 +138,27 @@ class InterestEncoder(tf.keras.layers.Layer):
 
     def call(self, graph: tfgnn.GraphTensor) -> tf.Tensor:
         """Interest vectors [num_users, num_interests, interest_dim] of a merged GraphTensor."""
+        return self.encode(graph)[0]
+
+    def encode(
+        self, graph: tfgnn.GraphTensor, prior_memory: tf.Tensor | None = None
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        """Interest vectors and long-term memory of a merged GraphTensor.
+
+        Args:
+          graph: merged interest subgraphs, one user per component.
+          prior_memory: [num_users, MEMORY_WIDTH] memory of events evicted
+            before, at this graph's prediction time; the graph's `memory`
+            nodes are merged into it (None: they are the whole memory).
+
+        Returns:
+          ([num_users, num_interests, interest_dim] interest vectors,
+           [num_users, MEMORY_WIDTH] the updated long-term memory).
+        """
         items = graph.node_sets[g.ITEM]
+        memory = graph_memory(graph, self.item_tower(graph.node_sets[g.MEMORY][g.ITEM_ID]))
+        if prior_memory is not None:
+            memory = merge_memories(prior_memory, memory)
         categories = graph.node_sets[g.CATEGORY]
         events = graph.edge_sets[g.EVENT]
         category_index = self.item_tower.category_lookup(categories[g.CATEGORY_NAME])
@@ -169,8 +193,8 @@ class InterestEncoder(tf.keras.layers.Layer):
             graph = self.item_update(graph)
         for user_update in self.user_updates:
             graph = user_update(graph)
-        state = graph.node_sets[g.USER][tfgnn.HIDDEN_STATE]
-        return tf.reshape(state, [-1, self.num_interests, self.interest_dim])
+        state = graph.node_sets[g.USER][tfgnn.HIDDEN_STATE] + self.memory_readout(memory)
+        return tf.reshape(state, [-1, self.num_interests, self.interest_dim]), memory
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

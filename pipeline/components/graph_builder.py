@@ -76,7 +76,8 @@ def split_user_history(
         window = g.select_event_window(history[:i], target.timestamp, max_events)
         if split == "train" and not window:
             continue
-        example = g.encode_interest_subgraph(window, target.timestamp, item_categories, review_sentiment)
+        remembered = g.select_memory_events(history[:i], target.timestamp, max_events)
+        example = g.encode_interest_subgraph(window, target.timestamp, item_categories, review_sentiment, remembered)
         g.add_training_label(example, user_id, target)
         if split != "train":
             seen = sorted({e.item_id for e in history[:i]})

@@ -15,6 +15,9 @@ import tensorflow as tf
 from pipeline.components.ranking_evaluator import evaluate
 from schemas import signatures as s
 from schemas.catalog import read_catalog
+from schemas.events import Event
+from schemas.graph import MEMORY_TIME_SCALE_DAYS, SECONDS_PER_DAY, encode_interest_subgraph
+from schemas.memory import checkpoint_after, plan_update
 from tests.trainer import synthetic
 from trainer.config import TrainerConfig
 from trainer.export import WARMUP_FILE, export_serving_model
@@ -103,7 +106,7 @@ def test_export_loads_and_runs_with_only_tensorflow_imported(trained: dict) -> N
     assert out.returncode == 0, out.stderr[-3000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["foreign"] == []
-    assert r["signatures"] == sorted([s.UPDATE_INTEREST, s.RECOMMEND, s.SCORE, s.DEFAULT_SIGNATURE])
+    assert r["signatures"] == sorted([s.UPDATE_INTEREST, s.FOLD_INTEREST, s.RECOMMEND, s.SCORE, s.DEFAULT_SIGNATURE])
     assert r["state_shape"] == [2, s.NUM_INTERESTS, s.INTEREST_DIM] and r["state_dtype"] == "float32"
     # The readable interest graph: weights over the window's items and categories, each summing to 1.
     assert len(r["items"][0]) == s.TOP_INTEREST_ITEMS and len(r["categories"][0]) == s.TOP_INTEREST_CATEGORIES
@@ -136,9 +139,56 @@ def test_warmup_file_holds_one_request_per_signature(trained: dict) -> None:
 
 
 def test_new_user_with_empty_window_gets_a_finite_state(trained: dict) -> None:
-    from schemas.graph import encode_interest_subgraph
-
     loaded = tf.saved_model.load(trained["export_dir"])
     empty = encode_interest_subgraph([], 10, {}).SerializeToString()
     state = loaded.signatures[s.UPDATE_INTEREST](subgraph=tf.constant([empty]))[s.INTEREST_STATE].numpy()
     assert state.shape == (1, s.NUM_INTERESTS, s.INTEREST_DIM) and np.isfinite(state).all()
+
+
+def _interest_call(loaded, history: list, prediction_time: int, checkpoint, window: int = 3):
+    plan = plan_update(history, prediction_time, window, checkpoint, model_version=1)
+    categories = {synthetic.item_id(i): (f"cat{i % 3}",) for i in range(synthetic.NUM_ITEMS)}
+    subgraph = encode_interest_subgraph(plan.window, prediction_time, categories, remembered=plan.fold)
+    inputs = {s.SUBGRAPH: tf.constant([subgraph.SerializeToString()])}
+    if plan.prior_memory is None:
+        outputs = loaded.signatures[s.UPDATE_INTEREST](**inputs)
+    else:
+        inputs[s.LONG_TERM_MEMORY] = tf.constant(plan.prior_memory[None])
+        outputs = loaded.signatures[s.FOLD_INTEREST](**inputs)
+    memory = outputs[s.LONG_TERM_MEMORY].numpy()[0]
+    return outputs[s.INTEREST_STATE].numpy()[0], memory, checkpoint_after(plan, memory, prediction_time, 1), plan
+
+
+def test_incremental_memory_folding_matches_full_recomputation(trained: dict) -> None:
+    loaded = tf.saved_model.load(trained["export_dir"])
+    # A window of 3 over 12 events: 9 events fall out of it one by one.
+    history = [
+        Event("walker", synthetic.item_id(5 + k), "rating", 1_000_000 + 86_400 * k, 4.0, "", f"w{k}") for k in range(12)
+    ]
+    checkpoint = None
+    for k in range(1, len(history) + 1):
+        state, memory, checkpoint, plan = _interest_call(loaded, history[:k], history[k - 1].timestamp + 1, checkpoint)
+        assert (plan.prior_memory is None) == (k == 1), k  # incremental once a checkpoint exists
+    full_state, full_memory, _, full_plan = _interest_call(loaded, history, history[-1].timestamp + 1, None)
+    assert full_plan.prior_memory is None and len(full_plan.fold) == 9
+    assert full_memory[-1] > s.NO_MEMORY_LOG_MASS / 2
+    np.testing.assert_allclose(memory, full_memory, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(state, full_state, rtol=1e-5, atol=1e-5)
+    # The memory is the recency-weighted mean of the evicted events' item vectors.
+    tower = trained["model"].item_tower
+    t = history[-1].timestamp + 1
+    evicted = history[:9]
+    vectors = tower.all_item_vectors().numpy()[[tower.item_ids.index(e.item_id) + 1 for e in evicted]]
+    log_w = np.array([-(t - e.timestamp) / SECONDS_PER_DAY / MEMORY_TIME_SCALE_DAYS for e in evicted])
+    w = np.exp(log_w)
+    np.testing.assert_allclose(full_memory[:-1], (w[:, None] * vectors).sum(0) / w.sum(), rtol=1e-4, atol=1e-5)
+    assert full_memory[-1] == pytest.approx(np.log(w.sum()), abs=1e-5)
+
+
+def test_a_late_event_forces_a_full_recomputation(trained: dict) -> None:
+    loaded = tf.saved_model.load(trained["export_dir"])
+    history = [Event("late", synthetic.item_id(k), "view", 2_000_000 + 600 * k, 1.0, "", f"l{k}") for k in range(8)]
+    *_, checkpoint, _ = _interest_call(loaded, history, history[-1].timestamp + 1, None)
+    late = Event("late", synthetic.item_id(20), "view", 2_000_000 + 300, 1.0, "", "l-late")
+    *_, plan = _interest_call(loaded, [*history, late], history[-1].timestamp + 2, checkpoint)
+    assert plan.prior_memory is None and late in plan.remembered
