@@ -27,7 +27,10 @@ in the user's current interests, with weights that sum to 1 over the window
 `interest_categories`/`interest_category_weights`, top TOP_INTEREST_CATEGORIES;
 padded with "" and weight 0).
 
-`exclude_item_ids` is padded with "" (which never names an item); `k` is a scalar.
+`exclude_item_ids` is padded with "" (which never names an item); `k` is int32
+[batch], one list length per row (every input has the batch dimension, which
+TF Serving's request batching requires); the outputs are as wide as the
+largest k, shorter rows padded with "" and -inf.
 """
 
 from __future__ import annotations
@@ -112,7 +115,7 @@ SIGNATURES: dict[str, SignatureContract] = {
         inputs=(
             TensorContract(INTEREST_STATE, "float32", (None, None, INTEREST_DIM)),
             TensorContract(EXCLUDE_ITEM_IDS, "string", (None, None)),
-            TensorContract(K, "int32", ()),
+            TensorContract(K, "int32", (None,)),
         ),
         outputs=(TensorContract(ITEM_IDS, "string", (None, None)), TensorContract(SCORES, "float32", (None, None))),
     ),

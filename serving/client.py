@@ -252,7 +252,7 @@ class InterestClient:
         inputs = {
             s.INTEREST_STATE: state.state[None],
             s.EXCLUDE_ITEM_IDS: np.array([seen], dtype=object),
-            s.K: np.int32(k),
+            s.K: np.array([k], dtype=np.int32),
         }
         outputs, version = self._predict(s.RECOMMEND, inputs)
         if version != state.model_version:

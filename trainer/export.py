@@ -90,9 +90,12 @@ def export_serving_model(model: InterestModel, export_dir: str, warmup_subgraphs
         rows = tf.broadcast_to(tf.range(tf.shape(excluded)[0], dtype=excluded.dtype)[:, None], tf.shape(excluded))
         positions = tf.reshape(tf.stack([rows, excluded], axis=-1), [-1, 2])
         scores = tf.tensor_scatter_nd_update(scores, positions, tf.fill([tf.shape(positions)[0]], -1e9))
-        top = tf.math.top_k(scores, k=tf.clip_by_value(k, 0, tower.vocabulary_size - 1))
-        # Items still at -1e9 are excluded or unknown: never recommend them.
-        keep = top.values > -1e8
+        k = tf.clip_by_value(k, 0, tower.vocabulary_size - 1)
+        top = tf.math.top_k(scores, k=tf.reduce_max(tf.concat([k, [0]], axis=0)))
+        # Items still at -1e9 are excluded or unknown: never recommend them;
+        # past its own k a row is padding.
+        within_k = tf.range(tf.shape(top.values)[1])[None, :] < k[:, None]
+        keep = (top.values > -1e8) & within_k
         ids = tf.where(keep, tf.gather(vocabulary, top.indices), s.PADDING_ITEM_ID)
         return {s.ITEM_IDS: ids, s.SCORES: tf.where(keep, top.values, float("-inf"))}
 
@@ -128,7 +131,7 @@ def write_warmup_requests(
         s.RECOMMEND: {
             s.INTEREST_STATE: state,
             s.EXCLUDE_ITEM_IDS: tf.constant([[sample_item_ids[0], s.PADDING_ITEM_ID]] * n),
-            s.K: tf.constant(10, tf.int32),
+            s.K: tf.constant([10] * n, tf.int32),
         },
         s.SCORE: {s.INTEREST_STATE: state, s.ITEM_IDS: tf.constant([list(sample_item_ids)] * n)},
     }

@@ -67,7 +67,7 @@ def signature_rankings(
             **{
                 s.INTEREST_STATE: state,
                 s.EXCLUDE_ITEM_IDS: tf.constant(padded, tf.string),
-                s.K: tf.constant(k, tf.int32),
+                s.K: tf.fill([len(batch)], tf.constant(k, tf.int32)),
             }
         )[s.ITEM_IDS].numpy()
         rankings.extend([i.decode() for i in row if i] for row in top)

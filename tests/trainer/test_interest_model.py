@@ -75,10 +75,10 @@ def test_export_loads_and_runs_with_only_tensorflow_imported(trained: dict) -> N
         rec = loaded.signatures["{s.RECOMMEND}"](
             {s.INTEREST_STATE}=state,
             {s.EXCLUDE_ITEM_IDS}=tf.constant([["item3", ""], ["", ""]]),
-            {s.K}=tf.constant(5, tf.int32),
+            {s.K}=tf.constant([5, 3], tf.int32),
         )
         everything = loaded.signatures["{s.RECOMMEND}"](
-            {s.INTEREST_STATE}=state[:1], {s.EXCLUDE_ITEM_IDS}=tf.constant([["item0"]]), {s.K}=tf.constant(100),
+            {s.INTEREST_STATE}=state[:1], {s.EXCLUDE_ITEM_IDS}=tf.constant([["item0"]]), {s.K}=tf.constant([100]),
         )
         score = loaded.signatures["{s.SCORE}"](
             {s.INTEREST_STATE}=state,
@@ -117,6 +117,9 @@ def test_export_loads_and_runs_with_only_tensorflow_imported(trained: dict) -> N
     assert sorted(c for c in r["categories"][0] if c) == ["cat0", "cat1", "cat2"]
     assert sum(r["category_weights"][0]) == pytest.approx(1.0, abs=1e-5)
     assert len(r["rec_items"][0]) == 5 and "item3" not in r["rec_items"][0]
+    # One k per row: the second row asked for 3, the rest of its row is padding.
+    assert all(r["rec_items"][1][:3]) and r["rec_items"][1][3:] == ["", ""]
+    assert r["rec_scores"][1][3:] == [float("-inf")] * 2
     assert r["rec_scores"][0] == sorted(r["rec_scores"][0], reverse=True)
     # k larger than the catalog: every item except the excluded one, then padding; the
     # cold item (catalog only, no events) is rankable from its text and category.
