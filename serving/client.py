@@ -9,11 +9,25 @@ states in an interest store.
                         with the model version that produced it
     recommend(user, k)  top-k items the user has not interacted with yet
     score(user, items)  the model's score of given items for the user
+    forget(user)        remove everything stored about the user
+
+Concurrent writers: a state is saved only if the user's state revision is still
+the one read before the events were read (compare-and-set); otherwise the
+events are re-read and the state recomputed, so two processes recording for
+the same user never leave a state that misses an event.
+
+Outages: every gRPC call has a deadline and is retried with exponential
+backoff on UNAVAILABLE and DEADLINE_EXCEEDED (all calls are pure reads of the
+model). If the server stays away, `record` still stores the events and marks
+the users' states stale; the next call that needs a state (or `catch_up()`)
+recomputes them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import random
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -26,7 +40,24 @@ from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_service_p
 from schemas import signatures as s
 from schemas.events import Event, InvalidRecordError, RejectedRecord, parse_event
 from schemas.graph import EventWindowConfig, encode_interest_subgraph, select_event_window
-from serving.interest_store import InterestStateRecord, SqliteInterestStore
+from serving.grpc_retry import RETRYABLE_IF_IDEMPOTENT, RetryPolicy, call_with_retries
+from serving.interest_store import InterestStateRecord, InterestStore
+
+logger = logging.getLogger(__name__)
+
+# Compare-and-set rounds before a user's state is left marked stale (each
+# failed round means another writer saved in between, so progress is made).
+MAX_SAVE_ATTEMPTS = 8
+# Stale users a `record` call brings up to date besides its own (so the first
+# call after an outage does not take as long as all of them together).
+CATCH_UP_PER_RECORD = 64
+# A channel retries a dead server with growing pauses; cap them so a server
+# that is back is noticed within the retry policy's patience.
+_CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +70,9 @@ class RecordResult:
       rejected: records that broke the event contract, with the reason.
       updated_users: users whose interest state was recomputed.
       model_version: the model version that computed the new states.
+      stale_users: users whose events are stored but whose state could not be
+        recomputed now (the model server was unavailable); a later call or
+        `InterestClient.catch_up` brings them up to date.
     """
 
     accepted: int
@@ -46,6 +80,7 @@ class RecordResult:
     rejected: list[RejectedRecord]
     updated_users: list[str]
     model_version: int | None
+    stale_users: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,23 +147,26 @@ class InterestClient:
       store: where events and states are kept.
       model_name: the served model's name.
       window: the bounded event window (must match the one used in training).
-      timeout_s: deadline of every gRPC call.
+      timeout_s: deadline of each gRPC call attempt.
+      retry: how transient gRPC failures are retried.
     """
 
     def __init__(
         self,
         target: str,
-        store: SqliteInterestStore,
+        store: InterestStore,
         model_name: str = s.DEFAULT_MODEL_NAME,
         window: EventWindowConfig | None = None,
-        timeout_s: float = 10.0,
+        timeout_s: float = 5.0,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.target = target
         self.store = store
         self.model_name = model_name
         self.window = window or EventWindowConfig()
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(target)
+        self.retry = retry or RetryPolicy()
+        self._channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
 
     def close(self) -> None:
@@ -146,7 +184,9 @@ class InterestClient:
         )
         for name, value in inputs.items():
             request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
-        response = self._stub.Predict(request, timeout=self.timeout_s)
+        response = call_with_retries(
+            lambda: self._stub.Predict(request, timeout=self.timeout_s), self.retry, idempotent=True
+        )
         outputs = {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
         return outputs, response.model_spec.version.value
 
@@ -159,7 +199,13 @@ class InterestClient:
 
         Returns:
           A `RecordResult`; invalid records are returned in `rejected` and do
-          not stop the valid ones.
+          not stop the valid ones. If the model server cannot be reached
+          (after retries), the events are stored all the same and their users
+          are listed in `stale_users`.
+
+        Raises:
+          grpc.RpcError: when the server rejects the update (not for outages);
+            the events are stored and the users marked stale first.
         """
         events: list[Event] = []
         rejected: list[RejectedRecord] = []
@@ -174,7 +220,20 @@ class InterestClient:
                 rejected.append(RejectedRecord(source, number, str(e), raw))
         added = self.store.add_events(events)
         users = list(dict.fromkeys(e.user_id for e in added))
-        version = self.update_interests(users) if users else None
+        try:
+            version = self.update_interests(users) if users else None
+        except grpc.RpcError as error:
+            for user_id in users:
+                self.store.mark_stale(user_id)
+            if error.code() not in RETRYABLE_IF_IDEMPOTENT:
+                raise
+            return RecordResult(len(added), len(events) - len(added), rejected, [], None, users)
+        # The server answers: a good moment to fold in what an outage left behind.
+        # Those users stay marked stale if this fails; it must not fail this call.
+        try:
+            self.catch_up(CATCH_UP_PER_RECORD)
+        except grpc.RpcError as error:
+            logger.warning("catching up stale interest states failed: %s", error.details())
         return RecordResult(len(added), len(events) - len(added), rejected, users, version)
 
     def subgraph(self, user_id: str, events: Sequence[Event] | None = None) -> bytes:
@@ -186,24 +245,75 @@ class InterestClient:
         return encode_interest_subgraph(window, prediction_time, categories).SerializeToString()
 
     def update_interests(self, user_ids: Sequence[str]) -> int:
-        """Recomputes and saves the interest states of users in one request; returns the model version."""
-        histories = {u: self.store.user_events(u) for u in user_ids}
-        subgraphs = [self.subgraph(u, histories[u]) for u in user_ids]
-        outputs, version = self._predict(s.UPDATE_INTEREST, {s.SUBGRAPH: np.array(subgraphs, dtype=object)})
-        for row, user_id in enumerate(user_ids):
-            self.store.save_state(
-                user_id, outputs[s.INTEREST_STATE][row], version, len(histories[user_id]), _readable(outputs, row)
-            )
+        """Recomputes and saves the interest states of users; returns the model version.
+
+        Each round reads every pending user's revision, then their events,
+        computes all states in one request, and saves each with
+        compare-and-set. Users whose save was refused (another writer saved
+        in between) go round again, after a short random pause so that two
+        writers fall out of step; a user still refused after
+        MAX_SAVE_ATTEMPTS rounds is marked stale, for a later call to finish.
+
+        Raises:
+          grpc.RpcError: when the model server fails (after retries).
+        """
+        pending = list(dict.fromkeys(user_ids))
+        version = 0
+        for attempt in range(MAX_SAVE_ATTEMPTS):
+            revisions = {u: self.store.revision(u) for u in pending}
+            histories = {u: self.store.user_events(u) for u in pending}
+            subgraphs = [self.subgraph(u, histories[u]) for u in pending]
+            outputs, version = self._predict(s.UPDATE_INTEREST, {s.SUBGRAPH: np.array(subgraphs, dtype=object)})
+            pending = [
+                user_id
+                for row, user_id in enumerate(pending)
+                if not self.store.save_state(
+                    user_id,
+                    outputs[s.INTEREST_STATE][row],
+                    version,
+                    len(histories[user_id]),
+                    _readable(outputs, row),
+                    expected_revision=revisions[user_id],
+                )
+            ]
+            if not pending:
+                return version
+            time.sleep(random.uniform(0.0, 0.005 * 2**attempt))
+        for user_id in pending:
+            self.store.mark_stale(user_id)
         return version
 
+    def catch_up(self, max_users: int | None = None) -> list[str]:
+        """Recomputes the states marked stale (e.g. during a model server outage).
+
+        Args:
+          max_users: at most this many users (default all).
+
+        Returns:
+          The users whose states were recomputed.
+
+        Raises:
+          grpc.RpcError: when the model server fails (after retries); the
+            users stay marked stale.
+        """
+        users = self.store.stale_users(max_users)
+        for start in range(0, len(users), CATCH_UP_PER_RECORD):
+            self.update_interests(users[start : start + CATCH_UP_PER_RECORD])
+        return users
+
     def interest_state(self, user_id: str) -> InterestStateRecord:
-        """The user's stored state; computed now for users without one (new users)."""
+        """The user's up-to-date state; computed now for new users and stale states."""
         record = self.store.load_state(user_id)
-        if record is None:
+        if record is None or record.stale:
             self.update_interests([user_id])
             record = self.store.load_state(user_id)
-            assert record is not None
+        if record is None:
+            raise RuntimeError(f"the interest state of user {user_id!r} could not be saved (concurrent writers)")
         return record
+
+    def forget(self, user_id: str) -> int:
+        """Removes everything stored about the user; returns how many events were removed."""
+        return self.store.forget(user_id)
 
     def interests(self, user_id: str) -> InterestGraph:
         """The user's readable interest graph and how it moved with the latest events."""

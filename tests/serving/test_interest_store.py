@@ -11,7 +11,7 @@ import redis
 
 from schemas.events import Event, Item
 from serving.interest_store import InterestStore, RedisInterestStore, SqliteInterestStore, open_store
-from tests.serving import store_workers
+from tests.serving import workers
 from tests.serving.backends import StoreSpec
 
 
@@ -161,7 +161,7 @@ def test_two_processes_saving_with_compare_and_set_lose_no_event(store_spec: Sto
     overwrite a newer state with an older view (and revisions would repeat).
     """
     per_process = 40
-    outcomes = store_workers.run_in_two_processes(store_workers.add_and_save, store_spec, per_process)
+    outcomes = workers.run_in_two_processes(workers.add_and_save, store_spec, per_process)
     saves = sorted(save for process_saves, _ in outcomes for save in process_saves)
     revisions = [revision for revision, _ in saves]
     assert len(set(revisions)) == len(revisions) == 2 * per_process

@@ -1,4 +1,4 @@
-"""Code run in spawned processes by the store tests (importable, so spawn can find it)."""
+"""Code run in spawned processes by the store and client tests (importable, so spawn can find it)."""
 
 from __future__ import annotations
 
@@ -67,3 +67,35 @@ def add_and_save(spec: StoreSpec, count: int, name: str, start: Any, results: An
             refused += 1
     store.close()
     results.put((name, (saves, refused)))
+
+
+def record_events(spec: StoreSpec, target: str, count: int, name: str, start: Any, results: Any) -> None:
+    """Records `count` events for user "shared" through an InterestClient, one call each, then retries a batch.
+
+    Puts (name, (events accepted, duplicates on the retried batch, users left stale)) on `results`.
+    """
+    from serving.client import InterestClient
+    from tests.serving.served_model import MODEL_NAME
+
+    client = InterestClient(target, spec.open(), MODEL_NAME)
+    events = [
+        {
+            "user_id": "shared",
+            "item_id": f"item{(3 * k + len(name)) % 30}",
+            "event_type": "purchase" if k % 3 else "view",
+            # p0 moves forward in time, p1 backward: its events land between p0's, as late arrivals.
+            "timestamp": 1_000_000 + 7200 * (k if name == "p0" else count - k) + (3600 if name == "p1" else 0),
+            "event_id": f"{name}-{k}",
+        }
+        for k in range(count)
+    ]
+    start.wait()
+    accepted, stale = 0, set()
+    for event in events:
+        result = client.record([event])
+        accepted += result.accepted
+        stale.update(result.stale_users)
+    duplicates = client.record(events[:3]).duplicates
+    client.store.close()
+    client.close()
+    results.put((name, (accepted, duplicates, sorted(stale))))
