@@ -71,8 +71,9 @@ class RecordResult:
       updated_users: users whose interest state was recomputed.
       model_version: the model version that computed the new states.
       stale_users: users whose events are stored but whose state could not be
-        recomputed now (the model server was unavailable); a later call or
-        `InterestClient.catch_up` brings them up to date.
+        saved now (the model server was unavailable, or other writers won
+        every compare-and-set round); a later call or `InterestClient.catch_up`
+        brings them up to date.
     """
 
     accepted: int
@@ -221,7 +222,7 @@ class InterestClient:
         added = self.store.add_events(events)
         users = list(dict.fromkeys(e.user_id for e in added))
         try:
-            version = self.update_interests(users) if users else None
+            version, stale = self._update(users)
         except grpc.RpcError as error:
             for user_id in users:
                 self.store.mark_stale(user_id)
@@ -234,7 +235,8 @@ class InterestClient:
             self.catch_up(CATCH_UP_PER_RECORD)
         except grpc.RpcError as error:
             logger.warning("catching up stale interest states failed: %s", error.details())
-        return RecordResult(len(added), len(events) - len(added), rejected, users, version)
+        updated = [u for u in users if u not in stale]
+        return RecordResult(len(added), len(events) - len(added), rejected, updated, version, stale)
 
     def subgraph(self, user_id: str, events: Sequence[Event] | None = None) -> bytes:
         """The serialized interest subgraph of a user's stored history, right after its last event."""
@@ -244,8 +246,16 @@ class InterestClient:
         categories = self.store.item_categories([e.item_id for e in window])
         return encode_interest_subgraph(window, prediction_time, categories).SerializeToString()
 
-    def update_interests(self, user_ids: Sequence[str]) -> int:
-        """Recomputes and saves the interest states of users; returns the model version.
+    def update_interests(self, user_ids: Sequence[str]) -> int | None:
+        """Recomputes and saves the interest states of users; returns the model version (None for no users).
+
+        Raises:
+          grpc.RpcError: when the model server fails (after retries).
+        """
+        return self._update(user_ids)[0]
+
+    def _update(self, user_ids: Sequence[str]) -> tuple[int | None, list[str]]:
+        """Recomputes and saves states with compare-and-set; returns the model version and the users left stale.
 
         Each round reads every pending user's revision, then their events,
         computes all states in one request, and saves each with
@@ -253,12 +263,11 @@ class InterestClient:
         in between) go round again, after a short random pause so that two
         writers fall out of step; a user still refused after
         MAX_SAVE_ATTEMPTS rounds is marked stale, for a later call to finish.
-
-        Raises:
-          grpc.RpcError: when the model server fails (after retries).
         """
         pending = list(dict.fromkeys(user_ids))
-        version = 0
+        if not pending:
+            return None, []
+        version = None
         for attempt in range(MAX_SAVE_ATTEMPTS):
             revisions = {u: self.store.revision(u) for u in pending}
             histories = {u: self.store.user_events(u) for u in pending}
@@ -277,11 +286,11 @@ class InterestClient:
                 )
             ]
             if not pending:
-                return version
+                return version, []
             time.sleep(random.uniform(0.0, 0.005 * 2**attempt))
         for user_id in pending:
             self.store.mark_stale(user_id)
-        return version
+        return version, pending
 
     def catch_up(self, max_users: int | None = None) -> list[str]:
         """Recomputes the states marked stale (e.g. during a model server outage).

@@ -120,6 +120,21 @@ def test_record_catches_up_states_left_stale(model_server: ModelServer, store: I
     assert record is not None and not record.stale and record.event_count == 1
 
 
+class _AlwaysOutraced(SqliteInterestStore):
+    """A store where another writer always saves first: every compare-and-set is refused."""
+
+    def save_state(self, *args: Any, **kwargs: Any) -> bool:
+        return False
+
+
+def test_a_writer_outraced_every_time_leaves_the_state_marked_stale(model_server: ModelServer, tmp_path) -> None:
+    store = _AlwaysOutraced(str(tmp_path / "state.sqlite"))
+    with InterestClient(model_server.target, store, MODEL_NAME) as client:
+        result = client.record([_event("u", 0)])
+    assert (result.accepted, result.updated_users, result.stale_users) == (1, [], ["u"])
+    assert store.stale_users() == ["u"] and len(store.user_events("u")) == 1
+
+
 @pytest.fixture
 def silent_server() -> Iterator[str]:
     """A TCP port that accepts connections and never answers: calls can only end by their deadline."""
