@@ -6,10 +6,30 @@ STAMP := $(VENV)/.installed
 # tfx 1.16.0 declares Requires-Python <3.11 but runs on 3.11 (see ../shared/STACK.md).
 PIP_INSTALL := $(PY) -m pip install --ignore-requires-python --disable-pip-version-check -c constraints.txt
 
-.PHONY: setup demo test lint clean
+# apt-get needs root: use sudo when not root.
+SUDO := $(if $(filter 0,$(shell id -u 2>/dev/null)),,sudo)
 
-setup: $(STAMP)
+.PHONY: setup redis demo test lint clean
+
+setup: $(STAMP) redis
 	$(PY) -m pipeline.assets
+
+# The Redis-backed tests start their own redis-server (Debian's package) on a
+# free port; install it when missing. Without it they are skipped locally and
+# fail under CI=true, so a missing server never passes unnoticed.
+redis:
+	@if command -v redis-server >/dev/null 2>&1; then \
+		:; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		echo "installing redis-server (Debian package) for the Redis-backed interest store tests"; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server \
+		|| { $(SUDO) apt-get update -q \
+			&& $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server; } \
+		|| echo "could not install redis-server with apt-get: the Redis-backed tests will be skipped (failed under CI=true)"; \
+	else \
+		echo "redis-server is not on PATH and apt-get is not available: install Redis 7 (e.g. your system's"; \
+		echo "redis package) to run the Redis-backed tests; they are skipped until then (failed under CI=true)"; \
+	fi
 
 $(STAMP): requirements.txt constraints.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -7,7 +7,9 @@ setup(
     version="0.1.0",
     description=__doc__,
     python_requires=">=3.11,<3.12",
-    packages=find_packages(include=["schemas", "pipeline", "pipeline.*", "trainer", "serving", "interest_graph"]),
+    packages=find_packages(
+        include=["schemas", "pipeline", "pipeline.*", "trainer", "serving", "serving.*", "interest_graph"]
+    ),
     package_data={"schemas": ["*.pbtxt"]},
     # Exact versions live in constraints.txt; these are the direct needs.
     install_requires=[
@@ -19,6 +21,7 @@ setup(
         "tfx",
         "grpcio",
         "protobuf",
+        "redis",
         "safetensors",
         "matplotlib",
     ],

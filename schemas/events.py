@@ -10,12 +10,16 @@ Event fields (CSV header or JSON keys):
     user_id     required, non-empty string
     item_id     required, non-empty string
     event_type  required, one of EVENT_TYPES
-    timestamp   required, Unix seconds (integer or decimal number)
+    timestamp   required, Unix seconds (integer or decimal number), not more
+                than MAX_FUTURE_SECONDS ahead of the clock
     value       optional number; required for `rating` (the rating itself);
                 defaults to 1.0 otherwise
     text        optional free text (a review's body), at most MAX_TEXT_CHARS
-    event_id    optional unique id; derived from the other fields when absent,
-                so that replaying the same row is recognisably the same event
+    event_id    optional id, unique per user; derived from the other fields when
+                absent, so that replaying the same row is recognisably the same event
+
+Ids and text are strings (JSON numbers are accepted for ids and read as their
+decimal text); each is at most MAX_ID_CHARS / MAX_TEXT_CHARS characters.
 
 Item fields: item_id (required), title, description, categories (a `|`
 separated list in CSV, a list in JSON).
@@ -30,6 +34,7 @@ import json
 import math
 import os
 import sys
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -48,6 +53,10 @@ ITEM_FIELDS: tuple[str, ...] = ("item_id", "title", "description", "categories")
 CATEGORY_SEPARATOR = "|"
 MAX_TEXT_CHARS = 20_000
 MAX_ID_CHARS = 256
+# Clocks disagree a little, so an event slightly ahead of ours is fine; one a
+# day ahead is a unit or clock bug (milliseconds instead of seconds, say), and
+# storing it would make it the user's "latest" event for a very long time.
+MAX_FUTURE_SECONDS = 24 * 3600
 
 
 class InvalidRecordError(ValueError):
@@ -107,17 +116,30 @@ def derive_event_id(user_id: str, item_id: str, event_type: str, timestamp: int)
 
 def _text_field(record: Mapping[str, Any], name: str, max_chars: int) -> str:
     raw = record.get(name)
-    value = "" if raw is None else str(raw).strip()
+    if raw is None:
+        return ""
+    # Numbers are fine as ids (JSON writers often emit them); lists, objects and
+    # booleans are not text, and their repr would silently become an id.
+    if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+        raise InvalidRecordError(f"field '{name}' must be a string, got {type(raw).__name__}")
+    value = str(raw).strip()
     if len(value) > max_chars:
         raise InvalidRecordError(f"field '{name}' is {len(value)} characters long; the limit is {max_chars}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        # Lone surrogates (e.g. from a JSON "\\ud800" escape) cannot be stored or sent anywhere.
+        raise InvalidRecordError(f"field '{name}' is not valid Unicode text") from None
     return value
 
 
-def parse_event(record: Mapping[str, Any]) -> Event:
+def parse_event(record: Mapping[str, Any], now: float | None = None) -> Event:
     """Validates one raw event record and returns it as an `Event`.
 
     Args:
       record: field name -> raw value, as read from CSV (all strings) or JSON.
+      now: the current Unix time, against which "far in the future" is judged
+        (default: the clock).
 
     Returns:
       The validated event.
@@ -132,15 +154,22 @@ def parse_event(record: Mapping[str, Any]) -> Event:
         raise InvalidRecordError(f"missing required field(s): {', '.join(missing)}")
     user_id = _text_field(record, "user_id", MAX_ID_CHARS)
     item_id = _text_field(record, "item_id", MAX_ID_CHARS)
-    if not user_id or not item_id:
-        raise InvalidRecordError("user_id and item_id must not be blank")
-    event_type = str(record["event_type"]).strip().lower()
+    for name, value in (("user_id", user_id), ("item_id", item_id)):
+        if not value:
+            raise InvalidRecordError(f"field '{name}' must not be blank")
+    event_type = _text_field(record, "event_type", MAX_ID_CHARS).lower()
     if event_type not in EVENT_TYPES:
         expected = ", ".join(EVENT_TYPES)
-        raise InvalidRecordError(f"unknown event_type {record['event_type']!r}; expected one of {expected}")
+        raise InvalidRecordError(f"unknown event_type {_shown(record['event_type'])}; expected one of {expected}")
     timestamp = _number(record["timestamp"], "timestamp")
     if timestamp < 0:
-        raise InvalidRecordError(f"timestamp {record['timestamp']!r} is negative")
+        raise InvalidRecordError(f"timestamp {_shown(record['timestamp'])} is negative")
+    latest = (time.time() if now is None else now) + MAX_FUTURE_SECONDS
+    if timestamp > latest:
+        raise InvalidRecordError(
+            f"timestamp {_shown(record['timestamp'])} is more than {MAX_FUTURE_SECONDS} s in the future "
+            "(Unix seconds expected)"
+        )
     raw_value = record.get("value")
     if raw_value in (None, ""):
         if event_type == "rating":
@@ -160,11 +189,17 @@ def _number(raw: Any, name: str) -> float:
         raise InvalidRecordError(f"field '{name}' must be a number, got a boolean")
     try:
         number = float(raw)
-    except (TypeError, ValueError):
-        raise InvalidRecordError(f"field '{name}' must be a number, got {raw!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidRecordError(f"field '{name}' must be a number, got {_shown(raw)}") from None
     if not math.isfinite(number):
-        raise InvalidRecordError(f"field '{name}' must be a finite number, got {raw!r}")
+        raise InvalidRecordError(f"field '{name}' must be a finite number, got {_shown(raw)}")
     return number
+
+
+def _shown(raw: Any, limit: int = 60) -> str:
+    """A value as a rejection message quotes it: its repr, cut short so a huge value cannot bloat the reason."""
+    text = repr(raw)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def parse_item(record: Mapping[str, Any]) -> Item:

@@ -68,12 +68,19 @@ class UpdatePlan:
         `fold_interest`), or None for a full recomputation (`update_interest`
         with every old event in `fold`).
       remembered: all events older than the window (what the new memory holds).
+      memory_model_version: the model that made `prior_memory`; folding is
+        right only if the same model answers.
     """
 
     window: list[Event]
     fold: list[Event]
     prior_memory: np.ndarray | None
     remembered: list[Event]
+    memory_model_version: int | None = None
+
+    def full(self) -> UpdatePlan:
+        """The same update as a full recomputation: every old event folded from nothing."""
+        return UpdatePlan(self.window, self.remembered, None, self.remembered)
 
 
 def age_memory(memory: Sequence[float], from_time: int, to_time: int) -> np.ndarray:
@@ -122,7 +129,7 @@ def plan_update(
         return UpdatePlan(window, remembered, None, remembered)
     assert checkpoint is not None
     prior = age_memory(checkpoint.memory, checkpoint.time, prediction_time)
-    return UpdatePlan(window, remembered[checkpoint.folded :], prior, remembered)
+    return UpdatePlan(window, remembered[checkpoint.folded :], prior, remembered, checkpoint.model_version)
 
 
 def checkpoint_after(

@@ -9,11 +9,25 @@ states in an interest store.
                         with the model version that produced it
     recommend(user, k)  top-k items the user has not interacted with yet
     score(user, items)  the model's score of given items for the user
+    forget(user)        remove everything stored about the user
+
+Concurrent writers: a state is saved only if the user's state revision is still
+the one read before the events were read (compare-and-set); otherwise the
+events are re-read and the state recomputed, so two processes recording for
+the same user never leave a state that misses an event.
+
+Outages: every gRPC call has a deadline and is retried with exponential
+backoff on UNAVAILABLE and DEADLINE_EXCEEDED (all calls are pure reads of the
+model). If the server stays away, `record` still stores the events and marks
+the users' states stale; the next call that needs a state (or `catch_up()`)
+recomputes them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import random
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
@@ -25,8 +39,26 @@ from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_service_p
 
 from schemas import signatures as s
 from schemas.events import Event, InvalidRecordError, RejectedRecord, parse_event
-from schemas.graph import EventWindowConfig, encode_interest_subgraph, select_event_window
-from serving.interest_store import InterestStateRecord, SqliteInterestStore
+from schemas.graph import EventWindowConfig, encode_interest_subgraph
+from schemas.memory import MemoryCheckpoint, UpdatePlan, checkpoint_after, plan_update
+from serving.grpc_retry import RETRYABLE_IF_IDEMPOTENT, RetryPolicy, call_with_retries
+from serving.interest_store import InterestStateRecord, InterestStore
+
+logger = logging.getLogger(__name__)
+
+# Compare-and-set rounds before a user's state is left marked stale (each
+# failed round means another writer saved in between, so progress is made).
+MAX_SAVE_ATTEMPTS = 8
+# Stale users a `record` call brings up to date besides its own (so the first
+# call after an outage does not take as long as all of them together).
+CATCH_UP_PER_RECORD = 64
+# A channel retries a dead server with growing pauses; cap them so a server
+# that is back is noticed within the retry policy's patience.
+_CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+]
 
 
 class EventSentiment(Protocol):
@@ -49,6 +81,10 @@ class RecordResult:
       rejected: records that broke the event contract, with the reason.
       updated_users: users whose interest state was recomputed.
       model_version: the model version that computed the new states.
+      stale_users: users whose events are stored but whose state could not be
+        saved now (the model server was unavailable, or other writers won
+        every compare-and-set round); a later call or `InterestClient.catch_up`
+        brings them up to date.
     """
 
     accepted: int
@@ -56,6 +92,7 @@ class RecordResult:
     rejected: list[RejectedRecord]
     updated_users: list[str]
     model_version: int | None
+    stale_users: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +159,8 @@ class InterestClient:
       store: where events and states are kept.
       model_name: the served model's name.
       window: the bounded event window (must match the one used in training).
-      timeout_s: deadline of every gRPC call.
+      timeout_s: deadline of each gRPC call attempt.
+      retry: how transient gRPC failures are retried.
       review_sentiment: scores `review` events' text (a
         `trainer.review_sentiment.ReviewSentiment`, the head the pipeline used),
         so a review weighs online as it did in training; needed only when
@@ -132,10 +170,11 @@ class InterestClient:
     def __init__(
         self,
         target: str,
-        store: SqliteInterestStore,
+        store: InterestStore,
         model_name: str = s.DEFAULT_MODEL_NAME,
         window: EventWindowConfig | None = None,
-        timeout_s: float = 10.0,
+        timeout_s: float = 5.0,
+        retry: RetryPolicy | None = None,
         review_sentiment: EventSentiment | None = None,
     ) -> None:
         self.target = target
@@ -144,7 +183,8 @@ class InterestClient:
         self.model_name = model_name
         self.window = window or EventWindowConfig()
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(target)
+        self.retry = retry or RetryPolicy()
+        self._channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
 
     def close(self) -> None:
@@ -162,7 +202,9 @@ class InterestClient:
         )
         for name, value in inputs.items():
             request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
-        response = self._stub.Predict(request, timeout=self.timeout_s)
+        response = call_with_retries(
+            lambda: self._stub.Predict(request, timeout=self.timeout_s), self.retry, idempotent=True
+        )
         outputs = {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
         return outputs, response.model_spec.version.value
 
@@ -175,7 +217,13 @@ class InterestClient:
 
         Returns:
           A `RecordResult`; invalid records are returned in `rejected` and do
-          not stop the valid ones.
+          not stop the valid ones. If the model server cannot be reached
+          (after retries), the events are stored all the same and their users
+          are listed in `stale_users`.
+
+        Raises:
+          grpc.RpcError: when the server rejects the update (not for outages);
+            the events are stored and the users marked stale first.
         """
         events: list[Event] = []
         rejected: list[RejectedRecord] = []
@@ -190,17 +238,38 @@ class InterestClient:
                 rejected.append(RejectedRecord(source, number, str(e), raw))
         added = self.store.add_events(events)
         users = list(dict.fromkeys(e.user_id for e in added))
-        version = self.update_interests(users) if users else None
-        return RecordResult(len(added), len(events) - len(added), rejected, users, version)
+        try:
+            version, stale = self._update(users)
+        except grpc.RpcError as error:
+            for user_id in users:
+                self.store.mark_stale(user_id)
+            if error.code() not in RETRYABLE_IF_IDEMPOTENT:
+                raise
+            return RecordResult(len(added), len(events) - len(added), rejected, [], None, users)
+        # The server answers: a good moment to fold in what an outage left behind.
+        # Those users stay marked stale if this fails; it must not fail this call.
+        try:
+            self.catch_up(CATCH_UP_PER_RECORD)
+        except grpc.RpcError as error:
+            logger.warning("catching up stale interest states failed: %s", error.details())
+        updated = [u for u in users if u not in stale]
+        return RecordResult(len(added), len(events) - len(added), rejected, updated, version, stale)
 
-    def subgraph(self, user_id: str, events: Sequence[Event] | None = None) -> bytes:
-        """The serialized interest subgraph of a user's stored history, right after its last event."""
-        history = self.store.user_events(user_id) if events is None else list(events)
+    def _plan(self, history: Sequence[Event], record: InterestStateRecord | None) -> tuple[UpdatePlan, int]:
+        """How to update one user: the window, the events to fold, and from which stored memory."""
         prediction_time = (max(e.timestamp for e in history) + 1) if history else int(time.time())
-        window = select_event_window(history, prediction_time, self.window.max_events)
-        categories = self.store.item_categories([e.item_id for e in window])
-        sentiments = self._review_sentiments(window)
-        return encode_interest_subgraph(window, prediction_time, categories, sentiments).SerializeToString()
+        checkpoint = None
+        if record is not None and record.long_term_memory and not record.stale:
+            checkpoint = MemoryCheckpoint.from_json(record.long_term_memory)
+        version = checkpoint.model_version if checkpoint else None
+        return plan_update(history, prediction_time, self.window.max_events, checkpoint, version), prediction_time
+
+    def _subgraph(self, plan: UpdatePlan, prediction_time: int) -> bytes:
+        categories = self.store.item_categories([e.item_id for e in plan.window])
+        sentiments = self._review_sentiments(plan.window)
+        return encode_interest_subgraph(
+            plan.window, prediction_time, categories, sentiments, plan.fold
+        ).SerializeToString()
 
     def _review_sentiments(self, window: Sequence[Event]) -> dict[str, float]:
         if not any(e.event_type == "review" and e.text for e in window):
@@ -212,25 +281,120 @@ class InterestClient:
             )
         return self.review_sentiment.event_sentiments(window)
 
-    def update_interests(self, user_ids: Sequence[str]) -> int:
-        """Recomputes and saves the interest states of users in one request; returns the model version."""
-        histories = {u: self.store.user_events(u) for u in user_ids}
-        subgraphs = [self.subgraph(u, histories[u]) for u in user_ids]
-        outputs, version = self._predict(s.UPDATE_INTEREST, {s.SUBGRAPH: np.array(subgraphs, dtype=object)})
-        for row, user_id in enumerate(user_ids):
-            self.store.save_state(
-                user_id, outputs[s.INTEREST_STATE][row], version, len(histories[user_id]), _readable(outputs, row)
-            )
-        return version
+    def update_interests(self, user_ids: Sequence[str]) -> int | None:
+        """Recomputes and saves the interest states of users; returns the model version (None for no users).
+
+        Raises:
+          grpc.RpcError: when the model server fails (after retries).
+        """
+        return self._update(user_ids)[0]
+
+    def _update(self, user_ids: Sequence[str]) -> tuple[int | None, list[str]]:
+        """Recomputes and saves states with compare-and-set; returns the model version and the users left stale.
+
+        Each round reads every pending user's revision, then their events,
+        computes all states in one request, and saves each with
+        compare-and-set. Users whose save was refused (another writer saved
+        in between) go round again, after a short random pause so that two
+        writers fall out of step; a user still refused after
+        MAX_SAVE_ATTEMPTS rounds is marked stale, for a later call to finish.
+        """
+        pending = list(dict.fromkeys(user_ids))
+        if not pending:
+            return None, []
+        version = None
+        for attempt in range(MAX_SAVE_ATTEMPTS):
+            revisions = {u: self.store.revision(u) for u in pending}
+            histories = {u: self.store.user_events(u) for u in pending}
+            plans = {u: self._plan(histories[u], self.store.load_state(u)) for u in pending}
+            results, version = self._compute(plans)
+            pending = [
+                user_id
+                for user_id in pending
+                if not self.store.save_state(
+                    user_id,
+                    results[user_id][0],
+                    results[user_id][2].model_version,
+                    len(histories[user_id]),
+                    results[user_id][1],
+                    long_term_memory=results[user_id][2].to_json(),
+                    expected_revision=revisions[user_id],
+                )
+            ]
+            if not pending:
+                return version, []
+            time.sleep(random.uniform(0.0, 0.005 * 2**attempt))
+        for user_id in pending:
+            self.store.mark_stale(user_id)
+        return version, pending
+
+    def _compute(
+        self, plans: Mapping[str, tuple[UpdatePlan, int]]
+    ) -> tuple[dict[str, tuple[np.ndarray, dict[str, Any], MemoryCheckpoint]], int]:
+        """Interest states, readable graphs and memory checkpoints of planned updates.
+
+        Users with a stored memory go through `fold_interest` (only the newly
+        evicted events are sent); the others, and any whose memory was made
+        by another model version than the one that answered, through
+        `update_interest` with their whole old history as memory.
+        """
+        results: dict[str, tuple[np.ndarray, dict[str, Any], MemoryCheckpoint]] = {}
+        version = 0
+
+        def run(signature: str, users: list[str], chosen: Mapping[str, tuple[UpdatePlan, int]]) -> int:
+            inputs: dict[str, Any] = {
+                s.SUBGRAPH: np.array([self._subgraph(*chosen[u]) for u in users], dtype=object)
+            }
+            if signature == s.FOLD_INTEREST:
+                inputs[s.LONG_TERM_MEMORY] = np.stack([chosen[u][0].prior_memory for u in users])
+            outputs, answered = self._predict(signature, inputs)
+            for row, user_id in enumerate(users):
+                plan, prediction_time = chosen[user_id]
+                checkpoint = checkpoint_after(plan, outputs[s.LONG_TERM_MEMORY][row], prediction_time, answered)
+                results[user_id] = (outputs[s.INTEREST_STATE][row], _readable(outputs, row), checkpoint)
+            return answered
+
+        incremental = [u for u, (plan, _) in plans.items() if plan.prior_memory is not None]
+        full = [u for u, (plan, _) in plans.items() if plan.prior_memory is None]
+        if incremental:
+            version = run(s.FOLD_INTEREST, incremental, plans)
+            # A memory made of another model's item vectors cannot be folded into.
+            full += [u for u in incremental if plans[u][0].memory_model_version != version]
+        if full:
+            version = run(s.UPDATE_INTEREST, full, {u: (plans[u][0].full(), plans[u][1]) for u in full})
+        return results, version
+
+    def catch_up(self, max_users: int | None = None) -> list[str]:
+        """Recomputes the states marked stale (e.g. during a model server outage).
+
+        Args:
+          max_users: at most this many users (default all).
+
+        Returns:
+          The users whose states were recomputed.
+
+        Raises:
+          grpc.RpcError: when the model server fails (after retries); the
+            users stay marked stale.
+        """
+        users = self.store.stale_users(max_users)
+        for start in range(0, len(users), CATCH_UP_PER_RECORD):
+            self.update_interests(users[start : start + CATCH_UP_PER_RECORD])
+        return users
 
     def interest_state(self, user_id: str) -> InterestStateRecord:
-        """The user's stored state; computed now for users without one (new users)."""
+        """The user's up-to-date state; computed now for new users and stale states."""
         record = self.store.load_state(user_id)
-        if record is None:
+        if record is None or record.stale:
             self.update_interests([user_id])
             record = self.store.load_state(user_id)
-            assert record is not None
+        if record is None:
+            raise RuntimeError(f"the interest state of user {user_id!r} could not be saved (concurrent writers)")
         return record
+
+    def forget(self, user_id: str) -> int:
+        """Removes everything stored about the user; returns how many events were removed."""
+        return self.store.forget(user_id)
 
     def interests(self, user_id: str) -> InterestGraph:
         """The user's readable interest graph and how it moved with the latest events."""

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
 from schemas.events import (
+    MAX_FUTURE_SECONDS,
     Event,
     InvalidRecordError,
     RejectedRecord,
@@ -15,6 +17,7 @@ from schemas.events import (
     read_items,
 )
 
+NOW = 1_700_000_000
 VALID = {"user_id": "u1", "item_id": "i1", "event_type": "rating", "timestamp": "881250949", "value": "4"}
 
 
@@ -43,13 +46,28 @@ def test_non_rating_defaults_value_to_one_and_normalises_type() -> None:
         ({"timestamp": "-5"}, "is negative"),
         ({"value": ""}, "a rating event needs a numeric 'value'"),
         ({"value": "five"}, "field 'value' must be a number"),
-        ({"text": "x" * 20_001}, "the limit is 20000"),
+        ({"text": "x" * 20_001}, "field 'text' is 20001 characters long; the limit is 20000"),
+        ({"item_id": "   "}, "field 'item_id' must not be blank"),
+        ({"user_id": ["u1"]}, "field 'user_id' must be a string, got list"),
+        ({"event_id": True}, "field 'event_id' must be a string, got bool"),
+        ({"text": "bad \ud800 surrogate"}, "field 'text' is not valid Unicode text"),
+        ({"timestamp": 10**400}, "field 'timestamp' must be a number"),
+        ({"timestamp": str(NOW + MAX_FUTURE_SECONDS + 1)}, "s in the future"),
+        ({"timestamp": "1" * 5000}, "(5002 characters)"),
     ],
 )
 def test_parse_event_rejects_with_a_message_naming_the_field(change: dict, message: str) -> None:
     with pytest.raises(InvalidRecordError) as raised:
-        parse_event({**VALID, **change})
+        parse_event({**VALID, **change}, now=NOW)
     assert message in str(raised.value)
+    assert len(str(raised.value)) < 300
+
+
+def test_timestamps_up_to_the_future_limit_are_accepted() -> None:
+    assert parse_event({**VALID, "timestamp": NOW + MAX_FUTURE_SECONDS}, now=NOW).timestamp == NOW + MAX_FUTURE_SECONDS
+    # Without `now`, the limit is judged against the clock.
+    with pytest.raises(InvalidRecordError, match="in the future"):
+        parse_event({**VALID, "timestamp": time.time() + 2 * MAX_FUTURE_SECONDS})
 
 
 def test_parse_event_rejects_non_objects() -> None:

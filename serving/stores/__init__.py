@@ -1,0 +1,1 @@
+"""Interest-store backends; import them through `serving.interest_store`."""
