@@ -52,6 +52,9 @@ class TrainerConfig:
         synthetic next-item rule more slowly. Item vectors already carry one
         round of item <- co-interaction/category messages (`ItemTower`), so
         the default still passes messages twice: items, then user.
+      use_memory: the long-term memory of events older than the window adds
+        to the interest vectors (ablation switch; the memory is still
+        computed and returned, so the serving contract does not change).
     """
 
     interest_dim: int = INTEREST_DIM
@@ -71,6 +74,7 @@ class TrainerConfig:
     use_time: bool = True
     co_interaction_neighbours: int = 10
     message_passing_rounds: int = 1
+    use_memory: bool = True
 
     def __post_init__(self) -> None:
         if self.interest_dim != INTEREST_DIM:

@@ -71,6 +71,7 @@ class InterestEncoder(tf.keras.layers.Layer):
       use_categories: run the category -> item round (off: sequence-only ablation).
       use_time: give events their time encoding (off: no-time ablation).
       message_passing_rounds: user <- events rounds (at least 1).
+      use_memory: add the long-term memory's readout to the interest vectors.
     """
 
     def __init__(
@@ -83,6 +84,7 @@ class InterestEncoder(tf.keras.layers.Layer):
         use_categories: bool = True,
         use_time: bool = True,
         message_passing_rounds: int = 1,
+        use_memory: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -94,6 +96,7 @@ class InterestEncoder(tf.keras.layers.Layer):
         self.use_categories = use_categories
         self.use_time = use_time
         self.message_passing_rounds = message_passing_rounds
+        self.use_memory = use_memory
         self.event_type_lookup = tf.keras.layers.StringLookup(vocabulary=list(EVENT_TYPES), num_oov_indices=1)
         self.event_type_embedding = tf.keras.layers.Embedding(len(EVENT_TYPES) + 1, event_dim)
         self.event_projection = tf.keras.layers.Dense(event_dim, activation="relu")
@@ -193,7 +196,9 @@ class InterestEncoder(tf.keras.layers.Layer):
             graph = self.item_update(graph)
         for user_update in self.user_updates:
             graph = user_update(graph)
-        state = graph.node_sets[g.USER][tfgnn.HIDDEN_STATE] + self.memory_readout(memory)
+        state = graph.node_sets[g.USER][tfgnn.HIDDEN_STATE]
+        if self.use_memory:
+            state += self.memory_readout(memory)
         return tf.reshape(state, [-1, self.num_interests, self.interest_dim]), memory
 
     def get_config(self) -> dict[str, Any]:
@@ -207,5 +212,6 @@ class InterestEncoder(tf.keras.layers.Layer):
             use_categories=self.use_categories,
             use_time=self.use_time,
             message_passing_rounds=self.message_passing_rounds,
+            use_memory=self.use_memory,
         )
         return config

@@ -87,6 +87,7 @@ class InterestModel(tf.keras.Model):
       use_categories: category -> item message passing (ablation switch).
       use_time: event time encoding (ablation switch).
       message_passing_rounds: attention rounds from events to the user.
+      use_memory: the long-term memory adds to the interest vectors.
     """
 
     def __init__(
@@ -100,6 +101,7 @@ class InterestModel(tf.keras.Model):
         use_categories: bool = True,
         use_time: bool = True,
         message_passing_rounds: int = 1,
+        use_memory: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -112,6 +114,7 @@ class InterestModel(tf.keras.Model):
         self.use_categories = use_categories
         self.use_time = use_time
         self.message_passing_rounds = message_passing_rounds
+        self.use_memory = use_memory
         self.encoder = InterestEncoder(
             item_tower,
             interest_dim,
@@ -121,6 +124,7 @@ class InterestModel(tf.keras.Model):
             use_categories=use_categories,
             use_time=use_time,
             message_passing_rounds=message_passing_rounds,
+            use_memory=use_memory,
         )
         self.loss_tracker = tf.keras.metrics.Mean(name="loss")
 
@@ -183,6 +187,7 @@ class InterestModel(tf.keras.Model):
             "use_categories": self.use_categories,
             "use_time": self.use_time,
             "message_passing_rounds": self.message_passing_rounds,
+            "use_memory": self.use_memory,
         }
 
 

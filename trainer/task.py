@@ -112,6 +112,7 @@ def build_model(entries: Sequence[CatalogEntry], text_vectors: np.ndarray, confi
         use_categories=config.use_categories,
         use_time=config.use_time,
         message_passing_rounds=config.message_passing_rounds,
+        use_memory=config.use_memory,
     )
 
 

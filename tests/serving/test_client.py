@@ -171,8 +171,9 @@ def test_forget_removes_the_user_through_the_client(model_server: ModelServer, s
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batch=st.lists(raw_events(), max_size=6), retry=st.booleans())
 def test_record_of_random_records_rejects_bad_ones_and_stores_every_accepted_event(
-    model_server: ModelServer, store: InterestStore, batch: list[Any], retry: bool
+    model_server: ModelServer, store: InterestStore, review_sentiment_head: Any, batch: list[Any], retry: bool
 ) -> None:
+    # Review events with text are scored by the real sentiment head, as in the pipeline.
     # The store outlives the examples, so what counts as new is judged against what it held before.
     valid: list[Event] = []
     for raw in batch:
@@ -186,7 +187,7 @@ def test_record_of_random_records_rejects_bad_ones_and_stores_every_accepted_eve
         if event.event_id not in before[event.user_id]:
             new.setdefault((event.user_id, event.event_id), event)
 
-    with InterestClient(model_server.target, store, MODEL_NAME) as client:
+    with InterestClient(model_server.target, store, MODEL_NAME, review_sentiment=review_sentiment_head) as client:
         result = client.record(batch, source="api")
         if retry:  # a retried batch changes nothing
             again = client.record(batch, source="api")

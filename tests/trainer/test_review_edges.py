@@ -25,8 +25,8 @@ PROBE_NEGATIVE = "Gross, stale and tasteless. I want my money back."
 
 
 @pytest.fixture(scope="module")
-def head(review_sentiment_run: dict, bert_dir: str) -> ReviewSentiment:
-    return ReviewSentiment.load(review_sentiment_run["result"]["head_dir"], bert_dir=bert_dir)
+def head(review_sentiment_head: ReviewSentiment) -> ReviewSentiment:
+    return review_sentiment_head
 
 
 @pytest.fixture(scope="module")
