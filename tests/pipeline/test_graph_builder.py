@@ -4,7 +4,12 @@ import pytest
 import tensorflow as tf
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 
-from pipeline.components.graph_builder import read_anomalies, split_user_history
+from pipeline.components.graph_builder import (
+    MissingReviewSentimentError,
+    _BuildUserExamples,
+    read_anomalies,
+    split_user_history,
+)
 from schemas import graph as g
 from schemas.events import Event
 from trainer.graph_dataset import parse_subgraphs
@@ -76,3 +81,46 @@ def test_short_histories_are_still_evaluated(n: int) -> None:
     events = _events()[:n]
     splits = [split for split, _ in split_user_history("u", events, 50, {})]
     assert splits == (["test"] if n == 1 else ["eval", "test"])
+
+
+def test_memory_holds_exactly_the_events_older_than_the_window() -> None:
+    examples = dict(_examples(max_events=2))
+    memory = examples["test"].features.feature
+    # The test point (i5 at 500) sees i3, i4 in its window; i0, i1, i2 are remembered.
+    assert sorted(v.decode() for v in memory[f"nodes/{g.MEMORY}.{g.ITEM_ID}"].bytes_list.value) == ["i0", "i1", "i2"]
+    log_weights = list(memory[f"nodes/{g.MEMORY}.{g.MEMORY_LOG_WEIGHT}"].float_list.value)
+    assert all(w <= 0.0 for w in log_weights) and len(log_weights) == 3
+    # The point of i2 at 200 sees only i0 (i1 is its tie): with a window of one, i0 is
+    # in the window and nothing is left to remember (i1 must not be, nor i0 twice).
+    train = [ex for split, ex in _examples(max_events=1) if split == "train"]
+    tied = train[1].features.feature
+    assert tied[g.LABEL_ITEM_ID].bytes_list.value == [b"i2"]
+    assert list(tied[f"nodes/{g.MEMORY}.{g.ITEM_ID}"].bytes_list.value) == []
+
+
+def _review_user(tmp_path) -> tuple[_BuildUserExamples, list[Event]]:
+    items = tmp_path / "items.jsonl"
+    items.write_text('{"item_id": "i1", "title": "Tea", "categories": ["drinks"]}\n')
+    events = [Event("u", "i1", "view", 100 + k, 1.0, "", f"v{k}") for k in range(3)]
+    events.insert(1, Event("u", "i1", "review", 100, 1.0, "Stale and disgusting, I threw it away.", "r"))
+    return _BuildUserExamples(str(items), 50, "", ""), events
+
+
+def test_review_text_without_a_sentiment_head_stops_with_a_clear_error(tmp_path) -> None:
+    builder, events = _review_user(tmp_path)
+    builder.setup()
+    with pytest.raises(MissingReviewSentimentError, match="train-review-sentiment"):
+        list(builder.process(("u", events)))
+
+
+def test_review_events_carry_the_heads_sentiment(tmp_path, review_sentiment_run: dict, bert_dir: str) -> None:
+    builder, events = _review_user(tmp_path)
+    builder = _BuildUserExamples(builder._items_path, 50, review_sentiment_run["result"]["head_dir"], bert_dir)
+    builder.setup()
+    test_example = [out.value for out in builder.process(("u", events)) if out.tag == "test"][0]
+    features = tf.train.Example.FromString(test_example).features.feature
+    types = [v.decode() for v in features[f"edges/{g.EVENT}.{g.EVENT_TYPE}"].bytes_list.value]
+    sentiment = list(features[f"edges/{g.EVENT}.{g.EVENT_SENTIMENT}"].float_list.value)
+    assert types.count("review") == 1
+    assert sentiment[types.index("review")] < -0.2
+    assert all(v == 0.0 for t, v in zip(types, sentiment, strict=True) if t != "review")
