@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 
@@ -85,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     given = argv if argv is not None else sys.argv[1:]
     command = "python -m bench.serving " + " ".join(shlex.quote(a) for a in given)
-    report = harness.run_benchmark(model, events, items, config, command.strip())
+    workdir = os.path.join(args.cache_dir, "run")
+    report = harness.run_benchmark(model, events, items, config, command.strip(), workdir)
     harness.write_results(report, args.output)
     print(harness.markdown_table(report))
     print(f"[serving] wrote {args.output}", flush=True)

@@ -13,7 +13,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -201,7 +200,12 @@ def _protocol(
 
 
 def run_benchmark(
-    model: ServedModel, events: Sequence[Event], items: Sequence[Item], config: BenchConfig, command: str
+    model: ServedModel,
+    events: Sequence[Event],
+    items: Sequence[Item],
+    config: BenchConfig,
+    command: str,
+    workdir: str,
 ) -> dict[str, Any]:
     """Measures everything in `config`.
 
@@ -211,6 +215,8 @@ def run_benchmark(
       items: the catalog.
       config: what to measure.
       command: the command line, for the protocol.
+      workdir: for the server logs (kept, to read after a failure) and the
+        clients' stores (replaced on every run).
 
     Returns:
       {"protocol", "results", "targets"}; results are setting -> clients ->
@@ -227,10 +233,10 @@ def run_benchmark(
     )
     inprocess = measure_inprocess(model, histories, items, config)
     results: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-serving-") as workdir:
-        for setting in config.settings:
-            measured = measure_server(model, histories, items, config, setting, workdir)
-            results[setting] = {c: {**row, **inprocess[c]} for c, row in measured.items()}
+    os.makedirs(workdir, exist_ok=True)
+    for setting in config.settings:
+        measured = measure_server(model, histories, items, config, setting, workdir)
+        results[setting] = {c: {**row, **inprocess[c]} for c, row in measured.items()}
     return {
         "protocol": _protocol(model, config, len(users), command, load_before),
         "results": results,

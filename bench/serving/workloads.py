@@ -134,20 +134,25 @@ class NewEvents:
     def __init__(
         self, client_tag: str, histories: Mapping[str, Sequence[Event]], item_ids: Sequence[str], seed: int
     ) -> None:
+        rng = random.Random(seed)
         self._tag = client_tag
         self._users = list(histories)
         self._last_time = {u: max((e.timestamp for e in h), default=0) for u, h in histories.items()}
-        self._seen = {u: {e.item_id for e in h} for u, h in histories.items()}
+        # Drawn up front so a call costs no catalog scan inside the timed region.
+        self._unseen = {}
+        for user, history in histories.items():
+            seen = {e.item_id for e in history}
+            self._unseen[user] = [i for i in item_ids if i not in seen]
+            rng.shuffle(self._unseen[user])
         self._item_ids = list(item_ids)
-        self._rng = random.Random(seed)
+        self._rng = rng
         self._count = 0
 
     def next(self) -> Event:
         """The next event, for the next user in turn."""
         user = self._users[self._count % len(self._users)]
-        unseen = [i for i in self._item_ids if i not in self._seen[user]] or self._item_ids
-        item = self._rng.choice(unseen)
-        self._seen[user].add(item)
+        # A user who has rated every item rates one again (a new event all the same).
+        item = self._unseen[user].pop() if self._unseen[user] else self._rng.choice(self._item_ids)
         self._last_time[user] += 60
         self._count += 1
         return Event(

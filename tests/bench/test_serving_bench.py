@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,9 +39,9 @@ def test_calls_are_split_evenly_and_users_round_robin() -> None:
 def test_record_events_are_new_and_newer_than_the_history() -> None:
     history = [Event("u", f"i{k}", "rating", 100 + k, 3.0, "", f"e{k}") for k in range(3)]
     events = NewEvents("0", {"u": history}, [f"i{k}" for k in range(6)], seed=0)
-    made = [events.next() for _ in range(3)]
-    assert {e.item_id for e in made} == {"i3", "i4", "i5"}
-    assert len({e.event_id for e in made}) == 3
+    made = [events.next() for _ in range(4)]
+    assert {e.item_id for e in made[:3]} == {"i3", "i4", "i5"}  # unrated items first
+    assert len({e.event_id for e in made}) == 4
     assert [e.timestamp for e in made] == sorted(e.timestamp for e in made) and made[0].timestamp > 102
 
 
@@ -144,12 +144,12 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[ServedModel, l
     return existing_model(str(base), "tiny"), events, items
 
 
-def test_end_to_end_smoke_run_writes_the_documented_shape(tiny_model: tuple, tmp_path: str) -> None:
+def test_end_to_end_smoke_run_writes_the_documented_shape(tiny_model: tuple, tmp_path: Path) -> None:
     model, events, items = tiny_model
     assert list(histories_by_user(events)) == ["user0", "user1", "user2", "user3"]
     config = harness.BenchConfig(clients=(2,), settings=("batching_on",), calls=6, warmup=1)
-    report = harness.run_benchmark(model, events, items, config, "test")
-    path = os.path.join(tmp_path, "serving.json")
+    report = harness.run_benchmark(model, events, items, config, "test", str(tmp_path / "run"))
+    path = str(tmp_path / "serving.json")
     harness.write_results(report, path)
     assert set(report) == {"protocol", "results", "targets"}
     assert report["protocol"]["model"]["version"] == 1 and report["protocol"]["users"] == 4
