@@ -22,7 +22,7 @@ from bench.serving.model import REPO_ROOT, ServedModel
 from bench.serving.server import BATCHING_PARAMETERS_FILE, ServerProcess
 from bench.serving.stats import summarize, targets
 from bench.serving.workers import ClientPool
-from bench.serving.workloads import CLIENT_WORKLOADS, TOP_K, histories_by_user, partition
+from bench.serving.workloads import CLIENT_WORKLOADS, INPROCESS_WORKLOADS, TOP_K, histories_by_user, partition
 from schemas import signatures as s
 from schemas.events import Event, Item
 
@@ -95,7 +95,7 @@ def measure_inprocess(
     for clients in config.clients:
         shares = partition(list(histories), clients)
         row = {}
-        for workload, signature in (("inprocess", s.UPDATE_INTEREST), ("inprocess_recommend", s.RECOMMEND)):
+        for workload, signature in zip(INPROCESS_WORKLOADS, (s.UPDATE_INTEREST, s.RECOMMEND), strict=True):
             per_thread = [[inputs[u][signature] for u in share] for share in shares]
             started = time.time()
             row[workload] = summarize(run_threads(loaded.calls[signature], per_thread, config.warmup, config.calls))
