@@ -101,6 +101,10 @@ class SqliteInterestStore(InterestStore):
         # Autocommit mode: transactions are explicit (see `_write`).
         self._db = sqlite3.connect(path, check_same_thread=False, timeout=30.0, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
+        # In WAL mode NORMAL still survives a crash of the application; only an OS
+        # crash or power loss can drop the last commits. FULL fsyncs every commit,
+        # which set the p99 of `record` (two commits) at 90-190 ms on this machine.
+        self._db.execute("PRAGMA synchronous=NORMAL")
         # Deleted rows are overwritten, so `forget` does not leave the user's data in free pages.
         self._db.execute("PRAGMA secure_delete=ON")
         with self._write() as db:
