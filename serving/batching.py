@@ -4,8 +4,17 @@ Concurrent Predict requests for the same version and signature whose inputs are
 compatible are concatenated along the batch dimension (dimension 0), run as
 one call, and the outputs are split back per request. Compatible means: the
 same non-batch shape for every batched input, and equal values for the inputs
-that have no batch dimension (the ``recommend`` signature's scalar ``k``), so
-requests with different ``k`` go to different batches.
+that have no batch dimension (the toy ``top`` signature's scalar ``k``), so
+requests with different scalars go to different batches.
+
+With ``pad_variable_length_inputs`` (TF Serving's batching_session) the
+non-batch shapes only need the same rank: each request's input is padded at
+the end of every non-batch dimension to the largest size in the batch, so
+``recommend`` requests with different numbers of ``exclude_item_ids`` share a
+batch. As in TF Serving, outputs are split by rows but not un-padded: an output
+whose width follows a padded input comes back as wide as the batch's widest.
+Padding is only harmless where a repeated element changes nothing (a set of
+ids) or the model knows each row's true length; TF Serving assumes the same.
 
 Scheduling follows TF Serving's basic batch scheduler: each batching key has a
 queue of batches; a batch is run when it is full or when its oldest request
@@ -47,6 +56,8 @@ class BatchingOptions:
         num_batch_threads: Threads running batches.
         allowed_batch_sizes: If set, a batch is padded up to the next of these
             sizes (increasing, the last equal to ``max_batch_size``).
+        pad_variable_length_inputs: Merge requests whose batched inputs differ
+            in non-batch dimension sizes by padding them (see the module doc).
     """
 
     max_batch_size: int = 1000
@@ -54,6 +65,7 @@ class BatchingOptions:
     max_enqueued_batches: int = 10
     num_batch_threads: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 1)
     allowed_batch_sizes: tuple[int, ...] = ()
+    pad_variable_length_inputs: bool = False
 
     @classmethod
     def from_proto(cls, params: Any) -> BatchingOptions:
@@ -74,7 +86,11 @@ class BatchingOptions:
             name: getattr(params, name).value if params.HasField(name) else getattr(defaults, name)
             for name in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads")
         }
-        options = cls(allowed_batch_sizes=tuple(params.allowed_batch_sizes), **values)
+        options = cls(
+            allowed_batch_sizes=tuple(params.allowed_batch_sizes),
+            pad_variable_length_inputs=params.pad_variable_length_inputs,
+            **values,
+        )
         for name in ("max_batch_size", "max_enqueued_batches", "num_batch_threads"):
             if getattr(options, name) < 1:
                 raise ValueError(f"batching parameter {name} must be >= 1, got {getattr(options, name)}")
@@ -188,15 +204,15 @@ class Batcher:
         for thread in self._threads:
             thread.join()
 
-    @staticmethod
-    def _key(task: _Task) -> Hashable:
+    def _key(self, task: _Task) -> Hashable:
         signature = task.signature
         batched = set(signature.batch_inputs)
         parts: list[Hashable] = [id(signature.servable), signature.servable.version, signature.name]
         for name in sorted(task.inputs):
             array = task.inputs[name]
             if name in batched:
-                parts.append((name, array.shape[1:]))
+                # With padding, only the rank must match: the sizes are evened out in _merge.
+                parts.append((name, array.ndim if self.options.pad_variable_length_inputs else array.shape[1:]))
             else:
                 parts.append((name, array.shape, tuple(array.ravel().tolist())))
         return tuple(parts)
@@ -302,6 +318,9 @@ class Batcher:
                 merged[name] = array
                 continue
             parts = [task.inputs[name] for task in tasks]
+            if self.options.pad_variable_length_inputs:
+                widest = tuple(max(sizes) for sizes in zip(*(part.shape[1:] for part in parts), strict=True))
+                parts = [_pad_non_batch_dims(part, widest, name) for part in parts]
             if pad:
                 # TF Serving pads with copies of the first row; the padded rows' outputs are dropped.
                 parts.append(np.repeat(parts[0][:1], pad, axis=0))
@@ -321,3 +340,30 @@ class Batcher:
         for task in tasks:
             task.outputs = {name: value[offset : offset + task.rows] for name, value in outputs.items()}
             offset += task.rows
+
+
+def _pad_non_batch_dims(array: np.ndarray, sizes: tuple[int, ...], name: str) -> np.ndarray:
+    """Pads ``array`` at the end of its non-batch dimensions up to ``sizes``.
+
+    Like TF Serving's ``AddPadding`` (batching_util), the pad value is an
+    element already in the input, so it is a valid value for any dtype and,
+    for set-like inputs such as ``exclude_item_ids``, a duplicate that changes
+    nothing. TF Serving takes the whole tensor's first element; we take each
+    row's own first element instead, which is the same for one-row requests
+    but, for several rows, keeps row 0's value (e.g. an excluded item) out of
+    the other rows.
+
+    Raises:
+        ServingError: INVALID_ARGUMENT if padding is needed but the input has
+            no elements to pad with (TF Serving refuses too); the batch then
+            runs each request alone.
+    """
+    if array.shape[1:] == sizes:
+        return array
+    if array.size == 0:
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"cannot pad empty input {name!r} to {list(sizes)}")
+    rows = array.shape[0]
+    firsts = array.reshape(rows, -1)[:, 0].reshape((rows,) + (1,) * len(sizes))
+    padded = np.broadcast_to(firsts, (rows, *sizes)).copy()
+    padded[tuple(slice(0, size) for size in array.shape)] = array
+    return padded

@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+import tensorflow as tf
 from google.protobuf import text_format
 
 from serving.batching import Batcher, BatchingOptions, load_batching_options
@@ -19,11 +20,37 @@ from serving.model_loader import load_servable_version
 from serving.predict import Arrays, Signature, find_signature, run_signature
 from tests.serving.toy import MODEL, save_version
 
+ITEMS = ("a", "b", "c", "d", "e", "f")
+
 
 @pytest.fixture(scope="module")
 def servable(tmp_path_factory: pytest.TempPathFactory) -> object:
     path = save_version(tmp_path_factory.mktemp("batching") / "1", factor=2.0)
     return load_servable_version(MODEL, 1, str(path))
+
+
+class ExcludeModule(tf.Module):
+    """Like the real ``recommend``: top-k of per-row scores, leaving out a variable-width list of item ids."""
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, len(ITEMS)], tf.float32, name="scores"),
+            tf.TensorSpec([None, None], tf.string, name="exclude_item_ids"),
+            tf.TensorSpec([], tf.int32, name="k"),
+        ]
+    )
+    def recommend(self, scores: tf.Tensor, exclude_item_ids: tf.Tensor, k: tf.Tensor) -> dict[str, tf.Tensor]:
+        excluded = tf.reduce_any(tf.equal(exclude_item_ids[:, :, None], tf.constant(ITEMS)[None, None, :]), axis=1)
+        top = tf.math.top_k(tf.where(excluded, float("-inf"), scores), k=k)
+        return {"item_ids": tf.gather(tf.constant(ITEMS), top.indices), "scores": top.values}
+
+
+@pytest.fixture(scope="module")
+def recommend(tmp_path_factory: pytest.TempPathFactory) -> Signature:
+    module = ExcludeModule()
+    path = tmp_path_factory.mktemp("exclude") / "1"
+    tf.saved_model.save(module, str(path), signatures={"recommend": module.recommend})
+    return find_signature(load_servable_version("exclude", 1, str(path)), "recommend")
 
 
 class CountingExecutor:
@@ -97,6 +124,80 @@ def test_different_row_widths_are_not_merged(servable: object) -> None:
     finally:
         batcher.stop()
     assert executor.calls == [1, 1]
+
+
+def _recommend_inputs(seed: int, excluded: list[list[str]], k: int = 3) -> Arrays:
+    scores = np.random.default_rng(seed).normal(size=(len(excluded), len(ITEMS))).astype(np.float32)
+    return {"scores": scores, "exclude_item_ids": np.array(excluded, dtype=object), "k": np.array(k, np.int32)}
+
+
+# Different widths; the two-row request's second row must not pick up row 0's "a".
+VARIABLE_WIDTH_REQUESTS = [
+    _recommend_inputs(0, [["a"]]),
+    _recommend_inputs(1, [["b", "c", "d"]]),
+    _recommend_inputs(2, [["a", "e"], ["f", "b"]]),
+    _recommend_inputs(3, [["c", "c", "f", "e"]]),
+]
+VARIABLE_WIDTH_REQUESTS[2]["scores"][1, 0] = 10.0  # "a" is row 1's best item
+
+
+def test_padding_merges_variable_width_inputs_and_keeps_results(recommend: Signature) -> None:
+    executor = CountingExecutor()
+    batcher = _batcher(
+        executor, max_batch_size=5, batch_timeout_micros=5_000_000, num_batch_threads=1, pad_variable_length_inputs=True
+    )
+    try:
+        results = _concurrently(batcher, recommend, VARIABLE_WIDTH_REQUESTS)
+    finally:
+        batcher.stop()
+    assert executor.calls == [5]
+    for inputs, result in zip(VARIABLE_WIDTH_REQUESTS, results, strict=True):
+        expected = run_signature(recommend, inputs)
+        np.testing.assert_array_equal(result["item_ids"], expected["item_ids"])
+        np.testing.assert_allclose(result["scores"], expected["scores"])
+    # Padding with the whole tensor's first element (TF Serving's choice) would have excluded "a" from row 1 too.
+    assert results[2]["item_ids"][1, 0] == b"a"
+
+
+def test_without_padding_variable_width_inputs_are_not_merged(recommend: Signature) -> None:
+    executor = CountingExecutor()
+    batcher = _batcher(executor, max_batch_size=5, batch_timeout_micros=200_000, num_batch_threads=1)
+    try:
+        _concurrently(batcher, recommend, VARIABLE_WIDTH_REQUESTS)
+    finally:
+        batcher.stop()
+    assert sorted(executor.calls) == [1, 1, 1, 2]
+
+
+def test_padding_still_separates_different_scalars(recommend: Signature) -> None:
+    requests = [_recommend_inputs(seed, [["a"] * (1 + seed % 3)], k=1 + seed % 2) for seed in range(4)]
+    executor = CountingExecutor()
+    batcher = _batcher(
+        executor, max_batch_size=2, batch_timeout_micros=5_000_000, num_batch_threads=2, pad_variable_length_inputs=True
+    )
+    try:
+        results = _concurrently(batcher, recommend, requests)
+    finally:
+        batcher.stop()
+    assert sorted(executor.calls) == [2, 2]
+    for inputs, result in zip(requests, results, strict=True):
+        np.testing.assert_array_equal(result["item_ids"], run_signature(recommend, inputs)["item_ids"])
+
+
+def test_padding_an_empty_input_falls_back_to_running_alone(recommend: Signature) -> None:
+    # Nothing to pad with (TF Serving refuses such a batch); each request still gets its own answer.
+    requests = [_recommend_inputs(0, [[]]), _recommend_inputs(1, [["a", "b"]])]
+    executor = CountingExecutor()
+    batcher = _batcher(
+        executor, max_batch_size=2, batch_timeout_micros=5_000_000, num_batch_threads=1, pad_variable_length_inputs=True
+    )
+    try:
+        results = _concurrently(batcher, recommend, requests)
+    finally:
+        batcher.stop()
+    assert executor.calls == [1, 1]
+    for inputs, result in zip(requests, results, strict=True):
+        np.testing.assert_array_equal(result["item_ids"], run_signature(recommend, inputs)["item_ids"])
 
 
 def test_padding_to_allowed_batch_sizes(servable: object) -> None:
@@ -201,6 +302,8 @@ def test_batching_parameters_text_format(tmp_path: Path) -> None:
         "allowed_batch_sizes: 8\nallowed_batch_sizes: 32\npad_variable_length_inputs: false\n"
     )
     assert load_batching_options(str(path)) == BatchingOptions(32, 2000, 50, 2, (8, 32))
+    path.write_text("pad_variable_length_inputs: true\n")
+    assert load_batching_options(str(path)).pad_variable_length_inputs
     defaults = load_batching_options(None)
     assert defaults.max_batch_size == 1000 and defaults.batch_timeout_micros == 0
 
