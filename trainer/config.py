@@ -44,7 +44,9 @@ class TrainerConfig:
         the item vectors (ItemTower) and the readable interest graph.
       use_time: events carry the recency encoding (ablation switch).
       co_interaction_neighbours: co-interaction neighbours per item that item
-        vectors receive from (0: no item <-> item round, the ablation).
+        vectors receive from (0: no item <-> item round). Off by default: on
+        MovieLens-100k, with 10 neighbours test NDCG@10 was 0.0975 +- 0.0076
+        against 0.1091 (seeds 0-1 of 3) without (bench/quality).
       message_passing_rounds: rounds of attention from events to the user; from
         the second round on, the user's state so far is the attention query.
         Default 1: on MovieLens-100k a second round measured no better
@@ -72,7 +74,7 @@ class TrainerConfig:
     use_text: bool = True
     use_categories: bool = False
     use_time: bool = True
-    co_interaction_neighbours: int = 10
+    co_interaction_neighbours: int = 0
     message_passing_rounds: int = 1
     use_memory: bool = True
 

@@ -94,18 +94,13 @@ _INTEREST_GRAPH = "this project's model: frozen BERT item text + TF-GNN message 
 _INTEREST_QUICK = {"epochs": 1}
 # The model and its ablations, each trained with the pipeline's own code (TrainerConfig overrides).
 for _name, _config, _what in (
-    ("interest_graph", {}, " (defaults: item <-> item co-interaction round, one event -> user attention round)"),
+    ("interest_graph", {}, " (defaults: one event -> user attention round, long-term memory, no item <-> item round)"),
     (
-        "interest_graph_no_co_interactions",
-        {"co_interaction_neighbours": 0},
-        " without the item <-> item co-interaction round",
+        "interest_graph_co_interactions",
+        {"co_interaction_neighbours": 10},
+        " plus an item <-> item round over 10 co-interaction neighbours per item",
     ),
     ("interest_graph_two_rounds", {"message_passing_rounds": 2}, " with a second, query-driven event -> user round"),
-    (
-        "interest_graph_sequence_only",
-        {"co_interaction_neighbours": 0},
-        " as attention over the event sequence only (no item graph, one round)",
-    ),
     ("interest_graph_category_round", {"use_categories": True}, " plus a category -> item message-passing round"),
     ("interest_graph_no_text", {"use_text": False}, " without the BERT text view of items"),
     ("interest_graph_no_time", {"use_time": False}, " without the event time encoding"),
