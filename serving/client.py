@@ -255,6 +255,15 @@ class InterestClient:
         updated = [u for u in users if u not in stale]
         return RecordResult(len(added), len(events) - len(added), rejected, updated, version, stale)
 
+    def subgraph(self, user_id: str, events: Sequence[Event] | None = None) -> bytes:
+        """The serialized full-recomputation subgraph of a user (window + every older event as memory).
+
+        What `update_interest` takes for this user right after the last stored event.
+        """
+        history = self.store.user_events(user_id) if events is None else list(events)
+        plan, prediction_time = self._plan(history, None)
+        return self._subgraph(plan, prediction_time)
+
     def _plan(self, history: Sequence[Event], record: InterestStateRecord | None) -> tuple[UpdatePlan, int]:
         """How to update one user: the window, the events to fold, and from which stored memory."""
         prediction_time = (max(e.timestamp for e in history) + 1) if history else int(time.time())

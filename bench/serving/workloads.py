@@ -112,7 +112,7 @@ def signature_inputs(client: InterestClient, user_id: str, state: np.ndarray) ->
         s.RECOMMEND: {
             s.INTEREST_STATE: np.asarray(state, dtype=np.float32)[None],
             s.EXCLUDE_ITEM_IDS: np.array([seen], dtype=object),
-            s.K: np.int32(TOP_K),
+            s.K: np.array([TOP_K], dtype=np.int32),
         },
     }
 

@@ -100,10 +100,26 @@ class TinyInterestModel(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=s.SUBGRAPH)])
     def update_interest(self, subgraph: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self._interest(subgraph)
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None], tf.string, name=s.SUBGRAPH),
+            tf.TensorSpec([None, s.MEMORY_WIDTH], tf.float32, name=s.LONG_TERM_MEMORY),
+        ]
+    )
+    def fold_interest(self, subgraph: tf.Tensor, long_term_memory: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self._interest(subgraph)
+
+    def _interest(self, subgraph: tf.Tensor) -> dict[str, tf.Tensor]:
         rows = tf.strings.to_hash_bucket_fast(subgraph, len(self.item_ids.numpy()))
         batch = tf.shape(subgraph)[0]
+        no_memory = tf.concat(
+            [tf.zeros([batch, s.INTEREST_DIM]), tf.fill([batch, 1], s.NO_MEMORY_LOG_MASS)], axis=1
+        )
         return {
             s.INTEREST_STATE: tf.gather(self.item_vectors, rows)[:, None, :],
+            s.LONG_TERM_MEMORY: no_memory,
             s.INTEREST_ITEM_IDS: tf.fill([batch, s.TOP_INTEREST_ITEMS], ""),
             s.INTEREST_ITEM_WEIGHTS: tf.zeros([batch, s.TOP_INTEREST_ITEMS]),
             s.INTEREST_CATEGORIES: tf.fill([batch, s.TOP_INTEREST_CATEGORIES], ""),
@@ -114,13 +130,13 @@ class TinyInterestModel(tf.Module):
         input_signature=[
             tf.TensorSpec([None, None, s.INTEREST_DIM], tf.float32, name=s.INTEREST_STATE),
             tf.TensorSpec([None, None], tf.string, name=s.EXCLUDE_ITEM_IDS),
-            tf.TensorSpec([], tf.int32, name=s.K),
+            tf.TensorSpec([None], tf.int32, name=s.K),
         ]
     )
     def recommend(self, interest_state: tf.Tensor, exclude_item_ids: tf.Tensor, k: tf.Tensor) -> dict[str, tf.Tensor]:
         scores = tf.reduce_max(tf.einsum("bid,nd->bin", interest_state, self.item_vectors), axis=1)
         excluded = tf.reduce_any(tf.equal(exclude_item_ids[:, :, None], self.item_ids[None, None, :]), axis=1)
-        values, indices = tf.math.top_k(tf.where(excluded, float("-inf"), scores), k=k)
+        values, indices = tf.math.top_k(tf.where(excluded, float("-inf"), scores), k=tf.reduce_max(k))
         return {s.ITEM_IDS: tf.gather(self.item_ids, indices), s.SCORES: values}
 
 
@@ -133,6 +149,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[ServedModel, l
     signatures = {
         s.UPDATE_INTEREST: module.update_interest,
         s.DEFAULT_SIGNATURE: module.update_interest,
+        s.FOLD_INTEREST: module.fold_interest,
         s.RECOMMEND: module.recommend,
     }
     tf.saved_model.save(module, str(base / "1"), signatures=signatures)
