@@ -112,6 +112,16 @@ for _name, _config, _what in (
     )
 
 
+# A tuning budget for the model (4 points, chosen on validation NDCG@10 like SASRec's 8).
+INTEREST_GRAPH_GRID = _product(learning_rate=[1e-3, 2e-3], num_sampled=[256, 1024])
+REGISTRY["interest_graph_tuned"] = ModelSpec(
+    _interest_graph,
+    grid=INTEREST_GRAPH_GRID,
+    description=_INTEREST_GRAPH + " (defaults, with learning rate and negatives tuned on validation)",
+    quick=_INTEREST_QUICK,
+)
+
+
 def register(name: str, spec: ModelSpec) -> None:
     """Adds (or replaces) a model the harness can run."""
     REGISTRY[name] = spec
