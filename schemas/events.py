@@ -133,6 +133,11 @@ def _text_field(record: Mapping[str, Any], name: str, max_chars: int) -> str:
     return value
 
 
+def reviews_with_text(events: Iterable[Event]) -> list[Event]:
+    """The `review` events that carry text: the ones a review sentiment head scores."""
+    return [e for e in events if e.event_type == "review" and e.text]
+
+
 def parse_event(record: Mapping[str, Any], now: float | None = None) -> Event:
     """Validates one raw event record and returns it as an `Event`.
 

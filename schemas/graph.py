@@ -154,18 +154,21 @@ def select_event_window(events: Iterable[Event], prediction_time: int, max_event
     Returns:
       At most `max_events` events, sorted by time.
     """
-    before = sorted((e for e in events if e.timestamp < prediction_time), key=event_order)
-    return before[-max_events:] if max_events > 0 else []
+    return split_history(events, prediction_time, max_events)[1]
 
 
-def select_memory_events(events: Iterable[Event], prediction_time: int, max_events: int) -> list[Event]:
-    """The events strictly before `prediction_time` that are older than the window, oldest first.
+def split_history(
+    events: Iterable[Event], prediction_time: int, max_events: int
+) -> tuple[list[Event], list[Event]]:
+    """The user's events strictly before `prediction_time`: (remembered, window), both oldest first.
 
-    Together with `select_event_window(events, prediction_time, max_events)`
-    they are exactly the user's events before the prediction time.
+    The window is `select_event_window`; the remembered events are the older
+    ones, which go into the long-term memory. Together they are exactly the
+    events before the prediction time.
     """
     before = sorted((e for e in events if e.timestamp < prediction_time), key=event_order)
-    return before[: max(len(before) - max_events, 0)]
+    cut = max(len(before) - max_events, 0)
+    return before[:cut], before[cut:]
 
 
 def memory_log_weights(remembered: Iterable[Event], prediction_time: int) -> dict[str, float]:
@@ -217,7 +220,7 @@ def encode_interest_subgraph(
       review_sentiment: event_id -> sentiment in [-1, 1] of `review` events'
         text (see `trainer.review_sentiment`); events not in it get 0.
       remembered: events older than the window to fold into the long-term
-        memory (`select_memory_events`); all of them for a full
+        memory (`split_history`); all of them for a full
         recomputation, only the newly evicted ones for an incremental update
         on top of a stored memory (the `fold_interest` signature).
 

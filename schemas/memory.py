@@ -21,7 +21,14 @@ import numpy as np
 
 from schemas import graph as g
 from schemas.events import Event
-from schemas.signatures import MEMORY_WIDTH, NO_MEMORY_LOG_MASS
+from schemas.signatures import (
+    FOLD_INTEREST,
+    LONG_TERM_MEMORY,
+    MEMORY_WIDTH,
+    NO_MEMORY_LOG_MASS,
+    SUBGRAPH,
+    UPDATE_INTEREST,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +103,6 @@ def plan_update(
     prediction_time: int,
     max_events: int,
     checkpoint: MemoryCheckpoint | None,
-    model_version: int | None,
 ) -> UpdatePlan:
     """Which events to fold, and from which memory.
 
@@ -105,18 +111,17 @@ def plan_update(
       prediction_time: the update's prediction time (after the newest event).
       max_events: the window bound.
       checkpoint: the stored memory, if any.
-      model_version: the model now served (None: unknown, so recompute).
 
     Returns:
-      An incremental plan when the checkpoint is still valid (same model, no
-      late event among the folded ones, time moving forward), else a full one.
+      An incremental plan when the checkpoint is still valid (no late event
+      among the folded ones, time moving forward), else a full one. Whether
+      the model that answers is the one that made the memory is only known
+      from the answer: compare it with `memory_model_version` and run
+      `full()` when they differ.
     """
-    window = g.select_event_window(history, prediction_time, max_events)
-    remembered = g.select_memory_events(history, prediction_time, max_events)
+    remembered, window = g.split_history(history, prediction_time, max_events)
     valid = (
         checkpoint is not None
-        and model_version is not None
-        and checkpoint.model_version == model_version
         and checkpoint.time <= prediction_time
         and checkpoint.folded <= len(remembered)
         and len(checkpoint.memory) == MEMORY_WIDTH
@@ -130,6 +135,31 @@ def plan_update(
     assert checkpoint is not None
     prior = age_memory(checkpoint.memory, checkpoint.time, prediction_time)
     return UpdatePlan(window, remembered[checkpoint.folded :], prior, remembered, checkpoint.model_version)
+
+
+def interest_request(
+    plan: UpdatePlan,
+    prediction_time: int,
+    item_categories: Mapping[str, Sequence[str]],
+    review_sentiment: Mapping[str, float] | None = None,
+) -> tuple[str, dict[str, np.ndarray]]:
+    """The signature and inputs (one row) that carry out `plan`.
+
+    Args:
+      plan: from `plan_update` (or its `full()`).
+      prediction_time: the plan's prediction time.
+      item_categories: item_id -> categories of the window's items.
+      review_sentiment: event_id -> sentiment of the window's review events.
+
+    Returns:
+      (`update_interest` or `fold_interest`, its inputs with a batch of one).
+    """
+    subgraph = g.encode_interest_subgraph(plan.window, prediction_time, item_categories, review_sentiment, plan.fold)
+    inputs = {SUBGRAPH: np.array([subgraph.SerializeToString()], dtype=object)}
+    if plan.prior_memory is None:
+        return UPDATE_INTEREST, inputs
+    inputs[LONG_TERM_MEMORY] = plan.prior_memory[None]
+    return FOLD_INTEREST, inputs
 
 
 def checkpoint_after(

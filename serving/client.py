@@ -38,9 +38,9 @@ import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_service_pb2_grpc
 
 from schemas import signatures as s
-from schemas.events import Event, InvalidRecordError, RejectedRecord, parse_event
-from schemas.graph import EventWindowConfig, encode_interest_subgraph
-from schemas.memory import MemoryCheckpoint, UpdatePlan, checkpoint_after, plan_update
+from schemas.events import Event, InvalidRecordError, RejectedRecord, parse_event, reviews_with_text
+from schemas.graph import EventWindowConfig
+from schemas.memory import MemoryCheckpoint, UpdatePlan, checkpoint_after, interest_request, plan_update
 from serving.grpc_retry import RETRYABLE_IF_IDEMPOTENT, RetryPolicy, call_with_retries
 from serving.interest_store import InterestStateRecord, InterestStore
 
@@ -261,8 +261,7 @@ class InterestClient:
         What `update_interest` takes for this user right after the last stored event.
         """
         history = self.store.user_events(user_id) if events is None else list(events)
-        plan, prediction_time = self._plan(history, None)
-        return self._subgraph(plan, prediction_time)
+        return self._request(*self._plan(history, None))[1][s.SUBGRAPH][0]
 
     def _plan(self, history: Sequence[Event], record: InterestStateRecord | None) -> tuple[UpdatePlan, int]:
         """How to update one user: the window, the events to fold, and from which stored memory."""
@@ -270,18 +269,14 @@ class InterestClient:
         checkpoint = None
         if record is not None and record.long_term_memory and not record.stale:
             checkpoint = MemoryCheckpoint.from_json(record.long_term_memory)
-        version = checkpoint.model_version if checkpoint else None
-        return plan_update(history, prediction_time, self.window.max_events, checkpoint, version), prediction_time
+        return plan_update(history, prediction_time, self.window.max_events, checkpoint), prediction_time
 
-    def _subgraph(self, plan: UpdatePlan, prediction_time: int) -> bytes:
+    def _request(self, plan: UpdatePlan, prediction_time: int) -> tuple[str, dict[str, np.ndarray]]:
         categories = self.store.item_categories([e.item_id for e in plan.window])
-        sentiments = self._review_sentiments(plan.window)
-        return encode_interest_subgraph(
-            plan.window, prediction_time, categories, sentiments, plan.fold
-        ).SerializeToString()
+        return interest_request(plan, prediction_time, categories, self._review_sentiments(plan.window))
 
     def _review_sentiments(self, window: Sequence[Event]) -> dict[str, float]:
-        if not any(e.event_type == "review" and e.text for e in window):
+        if not reviews_with_text(window):
             return {}
         if self.review_sentiment is None:
             raise MissingReviewSentimentError(
@@ -350,12 +345,11 @@ class InterestClient:
         results: dict[str, tuple[np.ndarray, dict[str, Any], MemoryCheckpoint]] = {}
         version = 0
 
-        def run(signature: str, users: list[str], chosen: Mapping[str, tuple[UpdatePlan, int]]) -> int:
-            inputs: dict[str, Any] = {
-                s.SUBGRAPH: np.array([self._subgraph(*chosen[u]) for u in users], dtype=object)
-            }
-            if signature == s.FOLD_INTEREST:
-                inputs[s.LONG_TERM_MEMORY] = np.stack([chosen[u][0].prior_memory for u in users])
+        def run(users: list[str], chosen: Mapping[str, tuple[UpdatePlan, int]]) -> int:
+            # The users of one call are all incremental or all full: one signature.
+            requests = [self._request(*chosen[u]) for u in users]
+            signature = requests[0][0]
+            inputs = {name: np.concatenate([r[1][name] for r in requests]) for name in requests[0][1]}
             outputs, answered = self._predict(signature, inputs)
             for row, user_id in enumerate(users):
                 plan, prediction_time = chosen[user_id]
@@ -366,11 +360,11 @@ class InterestClient:
         incremental = [u for u, (plan, _) in plans.items() if plan.prior_memory is not None]
         full = [u for u, (plan, _) in plans.items() if plan.prior_memory is None]
         if incremental:
-            version = run(s.FOLD_INTEREST, incremental, plans)
+            version = run(incremental, plans)
             # A memory made of another model's item vectors cannot be folded into.
             full += [u for u in incremental if plans[u][0].memory_model_version != version]
         if full:
-            version = run(s.UPDATE_INTEREST, full, {u: (plans[u][0].full(), plans[u][1]) for u in full})
+            version = run(full, {u: (plans[u][0].full(), plans[u][1]) for u in full})
         return results, version
 
     def catch_up(self, max_users: int | None = None) -> list[str]:

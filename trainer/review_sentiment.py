@@ -40,7 +40,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from schemas.events import Event  # noqa: E402
+from schemas.events import Event, reviews_with_text  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -349,7 +349,7 @@ class ReviewSentiment:
         Returns:
             event_id -> sentiment in [-1, 1].
         """
-        reviews = [e for e in events if e.event_type == "review" and e.text]
+        reviews = reviews_with_text(events)
         new_texts = sorted({e.text for e in reviews} - self._scored.keys())
         if new_texts:
             if len(self._scored) + len(new_texts) > _SCORED_TEXTS_LIMIT:

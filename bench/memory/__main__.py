@@ -32,8 +32,8 @@ import tensorflow as tf
 from bench.serving.model import existing_model, load_movielens, trained_model
 from schemas import signatures as s
 from schemas.events import Event
-from schemas.graph import EventWindowConfig, encode_interest_subgraph, event_order
-from schemas.memory import MemoryCheckpoint, checkpoint_after, plan_update
+from schemas.graph import EventWindowConfig, event_order
+from schemas.memory import MemoryCheckpoint, checkpoint_after, interest_request, plan_update
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_OUTPUT = os.path.join(REPO_ROOT, "bench", "results", "memory_consistency.json")
@@ -46,14 +46,9 @@ def _call(
     loaded: Any, history: list[Event], categories: dict, window: int, checkpoint: MemoryCheckpoint | None
 ) -> tuple[np.ndarray, MemoryCheckpoint]:
     prediction_time = history[-1].timestamp + 1
-    plan = plan_update(history, prediction_time, window, checkpoint, checkpoint.model_version if checkpoint else None)
-    subgraph = encode_interest_subgraph(plan.window, prediction_time, categories, remembered=plan.fold)
-    inputs = {s.SUBGRAPH: tf.constant([subgraph.SerializeToString()])}
-    if plan.prior_memory is None:
-        outputs = loaded.signatures[s.UPDATE_INTEREST](**inputs)
-    else:
-        inputs[s.LONG_TERM_MEMORY] = tf.constant(plan.prior_memory[None])
-        outputs = loaded.signatures[s.FOLD_INTEREST](**inputs)
+    plan = plan_update(history, prediction_time, window, checkpoint)
+    signature, inputs = interest_request(plan, prediction_time, categories)
+    outputs = loaded.signatures[signature](**{name: tf.constant(value) for name, value in inputs.items()})
     memory = outputs[s.LONG_TERM_MEMORY].numpy()[0]
     return outputs[s.INTEREST_STATE].numpy()[0], checkpoint_after(plan, memory, prediction_time, 1)
 

@@ -38,7 +38,7 @@ from pipeline.components.co_interaction import co_interaction_pairs, top_neighbo
 from pipeline.components.event_example_gen import example_to_event
 from schemas import graph as g
 from schemas.catalog import CatalogEntry, catalog_path, write_catalog
-from schemas.events import Event, Item, read_items
+from schemas.events import Event, Item, read_items, reviews_with_text
 
 SPLITS = ("train", "eval", "test")
 
@@ -73,10 +73,9 @@ def split_user_history(
     n = len(history)
     for i, target in enumerate(history):
         split = "test" if i == n - 1 else "eval" if i == n - 2 else "train"
-        window = g.select_event_window(history[:i], target.timestamp, max_events)
+        remembered, window = g.split_history(history[:i], target.timestamp, max_events)
         if split == "train" and not window:
             continue
-        remembered = g.select_memory_events(history[:i], target.timestamp, max_events)
         example = g.encode_interest_subgraph(window, target.timestamp, item_categories, review_sentiment, remembered)
         g.add_training_label(example, user_id, target)
         if split != "train":
@@ -103,7 +102,7 @@ class _BuildUserExamples(beam.DoFn):
         self._review_sentiment: Any = None
 
     def _sentiments(self, events: list[Event]) -> dict[str, float]:
-        if not any(e.event_type == "review" and e.text for e in events):
+        if not reviews_with_text(events):
             return {}
         if self._review_sentiment is None:
             if not self._review_sentiment_dir:

@@ -17,7 +17,7 @@ from schemas import signatures as s
 from schemas.catalog import read_catalog
 from schemas.events import Event
 from schemas.graph import MEMORY_TIME_SCALE_DAYS, SECONDS_PER_DAY, encode_interest_subgraph
-from schemas.memory import checkpoint_after, plan_update
+from schemas.memory import checkpoint_after, interest_request, plan_update
 from tests.trainer import synthetic
 from trainer.config import TrainerConfig
 from trainer.export import WARMUP_FILE, export_serving_model
@@ -149,15 +149,10 @@ def test_new_user_with_empty_window_gets_a_finite_state(trained: dict) -> None:
 
 
 def _interest_call(loaded, history: list, prediction_time: int, checkpoint, window: int = 3):
-    plan = plan_update(history, prediction_time, window, checkpoint, model_version=1)
+    plan = plan_update(history, prediction_time, window, checkpoint)
     categories = {synthetic.item_id(i): (f"cat{i % 3}",) for i in range(synthetic.NUM_ITEMS)}
-    subgraph = encode_interest_subgraph(plan.window, prediction_time, categories, remembered=plan.fold)
-    inputs = {s.SUBGRAPH: tf.constant([subgraph.SerializeToString()])}
-    if plan.prior_memory is None:
-        outputs = loaded.signatures[s.UPDATE_INTEREST](**inputs)
-    else:
-        inputs[s.LONG_TERM_MEMORY] = tf.constant(plan.prior_memory[None])
-        outputs = loaded.signatures[s.FOLD_INTEREST](**inputs)
+    signature, inputs = interest_request(plan, prediction_time, categories)
+    outputs = loaded.signatures[signature](**{name: tf.constant(value) for name, value in inputs.items()})
     memory = outputs[s.LONG_TERM_MEMORY].numpy()[0]
     return outputs[s.INTEREST_STATE].numpy()[0], memory, checkpoint_after(plan, memory, prediction_time, 1), plan
 
