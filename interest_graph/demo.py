@@ -34,6 +34,7 @@ from schemas.events import Event, RejectedRecord, read_events, read_items
 from schemas.graph import event_order
 from serving.client import InterestClient
 from serving.interest_store import SqliteInterestStore
+from serving.model_loader import scan_versions
 from trainer.metrics import MAX_CUTOFF, METRIC_NAMES, items_by_popularity, popularity_ranking, ranking_metrics
 
 SHOWCASE_USERS = 3
@@ -255,10 +256,10 @@ def run_demo(output_dir: str, epochs: int | None = None, max_users: int | None =
 
 
 def _newest_version(models_dir: str) -> str:
-    versions = [int(v) for v in os.listdir(models_dir) if v.isdigit()] if os.path.isdir(models_dir) else []
+    versions = scan_versions(models_dir)
     if not versions:
         raise RuntimeError(f"no model was ever pushed to {models_dir}")
-    return os.path.join(models_dir, str(max(versions)))
+    return versions[max(versions)]
 
 
 def _print_summary(summary: dict[str, Any], titles: dict[str, str], output_dir: str, config: PipelineConfig) -> None:

@@ -17,6 +17,7 @@ from pipeline.config import PipelineConfig
 from pipeline.datasets.movielens import convert_movielens_100k
 from schemas.events import Event, Item, RejectedRecord, read_events, read_items
 from schemas.signatures import DEFAULT_MODEL_NAME
+from serving.model_loader import scan_versions
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_CACHE_DIR = os.path.join(REPO_ROOT, ".cache", "bench", "serving")
@@ -44,21 +45,8 @@ class ServedModel:
 
 
 def newest_version(base_path: str) -> int | None:
-    """The largest integer version under a base path that holds a SavedModel, or None.
-
-    Args:
-      base_path: a TF Serving model base path.
-
-    Returns:
-      The version number, or None when there is none.
-    """
-    if not os.path.isdir(base_path):
-        return None
-    versions = [
-        int(v)
-        for v in os.listdir(base_path)
-        if v.isdigit() and os.path.isfile(os.path.join(base_path, v, "saved_model.pb"))
-    ]
+    """The largest complete version under a base path (as the model server sees it), or None."""
+    versions = scan_versions(base_path)
     return max(versions) if versions else None
 
 
