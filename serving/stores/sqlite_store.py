@@ -60,6 +60,7 @@ CREATE TABLE IF NOT EXISTS items (
 """
 _EVENT_COLUMNS = "user_id, item_id, event_type, timestamp, value, text, event_id"
 _CATEGORY_SEPARATOR = "\x1f"
+_BUSY_TIMEOUT_S = 30.0
 
 
 def _create_tables(db: sqlite3.Connection) -> None:
@@ -85,6 +86,28 @@ def _migrate(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE interest_states ADD COLUMN long_term_memory TEXT")
 
 
+def _use_write_ahead_log(db: sqlite3.Connection, path: str) -> None:
+    """Switches the file to WAL, waiting for other processes that open it at the same moment.
+
+    Switching needs an exclusive lock, and SQLite answers "database is locked"
+    at once, without its busy handler, while another connection opens the new
+    file; so the switch is retried for as long as any other statement would wait.
+    """
+    deadline = time.monotonic() + _BUSY_TIMEOUT_S
+    while True:
+        try:
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+            continue
+        # ":memory:" databases keep their own journal mode; anything else must be WAL.
+        if mode.lower() in ("wal", "memory"):
+            return
+        raise sqlite3.OperationalError(f"SQLite refused WAL mode for {path} (journal mode stays {mode!r})")
+
+
 class SqliteInterestStore(InterestStore):
     """Events, interest states and the item catalog in one SQLite file.
 
@@ -99,8 +122,8 @@ class SqliteInterestStore(InterestStore):
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._lock = threading.Lock()
         # Autocommit mode: transactions are explicit (see `_write`).
-        self._db = sqlite3.connect(path, check_same_thread=False, timeout=30.0, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = sqlite3.connect(path, check_same_thread=False, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
+        _use_write_ahead_log(self._db, path)
         # In WAL mode NORMAL still survives a crash of the application; only an OS
         # crash or power loss can drop the last commits. FULL fsyncs every commit,
         # which set the p99 of `record` (two commits) at 90-190 ms on this machine.

@@ -57,7 +57,7 @@ def test_two_processes_recording_for_one_user_lose_nothing(
     per_process = 12
     with store_spec.open() as store:
         store.upsert_items(catalog)
-    outcomes = workers.run_in_two_processes(workers.record_events, store_spec, model_server.target, per_process)
+    outcomes = workers.run_in_processes(workers.record_events, store_spec, model_server.target, per_process)
     assert [accepted for accepted, _, _ in outcomes] == [per_process, per_process]
     assert [duplicates for _, duplicates, _ in outcomes] == [3, 3]
     with store_spec.open() as store:

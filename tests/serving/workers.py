@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import queue
 import random
 import time
 from collections.abc import Callable
@@ -14,27 +15,56 @@ from schemas.events import Event
 from tests.serving.backends import StoreSpec
 
 
-def run_in_two_processes(worker: Callable[..., Any], *args: Any, timeout_s: float = 300.0) -> list[Any]:
-    """Runs `worker(*args, name, start, results)` in two spawned processes at once; returns their results.
+def run_in_processes(
+    worker: Callable[..., Any], *args: Any, processes: int = 2, timeout_s: float = 300.0
+) -> list[Any]:
+    """Runs `worker(*args, name, start, results)` in `processes` spawned processes at once; returns their results.
 
-    `start` is a barrier both pass after their (slow) imports and setup, so
+    `start` is a barrier all pass after their (slow) imports and setup, so
     their work really overlaps; each puts (name, result) on `results`.
     """
     context = multiprocessing.get_context("spawn")
-    start = context.Barrier(2)
+    start = context.Barrier(processes)
     results = context.Queue()
-    processes = [context.Process(target=worker, args=(*args, f"p{n}", start, results)) for n in range(2)]
-    for process in processes:
+    spawned = [context.Process(target=worker, args=(*args, f"p{n}", start, results)) for n in range(processes)]
+    for process in spawned:
         process.start()
+    collected: dict[str, Any] = {}
+    deadline = time.monotonic() + timeout_s
     try:
-        collected = dict(results.get(timeout=timeout_s) for _ in processes)
+        while len(collected) < len(spawned):
+            try:
+                name, result = results.get(timeout=1.0)
+                collected[name] = result
+            except queue.Empty:
+                # A worker that died (its traceback is on stderr) will never report: stop waiting for it.
+                crashed = [p.exitcode for p in spawned if p.exitcode not in (None, 0)]
+                assert not crashed, f"a worker process failed with exit code {crashed}; see its traceback above"
+                assert time.monotonic() < deadline, f"the workers did not report within {timeout_s} s"
     finally:
-        for process in processes:
+        for process in spawned:
             process.join(timeout=60)
             if process.is_alive():
                 process.kill()
-    assert all(process.exitcode == 0 for process in processes), [p.exitcode for p in processes]
+    assert all(process.exitcode == 0 for process in spawned), [p.exitcode for p in spawned]
     return [collected[name] for name in sorted(collected)]
+
+
+def open_fresh_files(directory: str, files: int, name: str, start: Any, results: Any) -> None:
+    """Opens SQLite stores on `files` new files in turn, each at the same moment as the other workers.
+
+    Puts (name, errors) on `results`: the error each failed open raised.
+    """
+    from serving.stores.sqlite_store import SqliteInterestStore
+
+    errors = []
+    for n in range(files):
+        start.wait()
+        try:
+            SqliteInterestStore(f"{directory}/fresh-{n}.sqlite").close()
+        except Exception as error:  # noqa: BLE001 - the test reports every failure
+            errors.append(repr(error))
+    results.put((name, errors))
 
 
 def add_and_save(spec: StoreSpec, count: int, name: str, start: Any, results: Any) -> None:
