@@ -13,6 +13,7 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from schemas.signatures import DEFAULT_MODEL_NAME
 from serving.stores.redis_store import DEFAULT_PREFIX as DEFAULT_REDIS_PREFIX
@@ -22,7 +23,21 @@ from serving.stores.redis_store import DEFAULT_PREFIX as DEFAULT_REDIS_PREFIX
 warnings.filterwarnings("ignore", message="You are using a Python version", category=FutureWarning)
 
 DEFAULT_TARGET = "127.0.0.1:8500"
+_PROFILE_HELP = (
+    "trainer profile: cpu (default; frozen BERT, cached item text vectors) or gpu (top two BERT "
+    "layers fine-tuned with the model in mixed precision, batch 1024; runs on CPU too, slowly)"
+)
 DEFAULT_STORE = os.path.join("runs", "latest", "interest_state.sqlite")
+
+
+def _trainer_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """TrainerConfig fields from --profile and --epochs (the CPU profile's are the defaults)."""
+    from trainer.config import TrainerConfig
+
+    overrides = {"epochs": args.epochs} if args.epochs else {}
+    if args.profile == "cpu":
+        return overrides
+    return TrainerConfig.profile(args.profile, **overrides).to_dict()
 
 
 def _pipeline_run(args: argparse.Namespace) -> int:
@@ -36,7 +51,7 @@ def _pipeline_run(args: argparse.Namespace) -> int:
         bert_dir=args.bert_dir,
         output_dir=args.output,
         model_name=args.model_name,
-        trainer={"epochs": args.epochs} if args.epochs else {},
+        trainer=_trainer_settings(args),
         review_sentiment_dir=args.review_sentiment_dir or "",
         **({"beam_pipeline_args": tuple(args.beam_arg)} if args.beam_arg else {}),
     )
@@ -150,7 +165,7 @@ def _forget(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from interest_graph.demo import run_demo
 
-    run_demo(args.output, epochs=args.epochs, max_users=args.max_users)
+    run_demo(args.output, trainer=_trainer_settings(args), max_users=args.max_users)
     return 0
 
 
@@ -183,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="fetch MovieLens-100k and BERT, run the pipeline, serve, replay held-out events")
     demo.add_argument("--output", default=os.path.join("runs", "latest"), help="run directory (default runs/latest)")
     demo.add_argument("--epochs", type=int, default=None, help="override the trainer's epochs")
+    demo.add_argument("--profile", choices=("cpu", "gpu"), default="cpu", help=_PROFILE_HELP)
     demo.add_argument("--max-users", type=int, default=None, help="replay only this many users (default all)")
     demo.set_defaults(func=_demo)
 
@@ -197,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", required=True, help="run directory: pipeline root, metadata, models/")
     run.add_argument("--model-name", default=DEFAULT_MODEL_NAME)
     run.add_argument("--epochs", type=int, default=None, help="override the trainer's epochs")
+    run.add_argument("--profile", choices=("cpu", "gpu"), default="cpu", help=_PROFILE_HELP)
     run.add_argument(
         "--beam-arg", action="append", default=[], help="a Beam pipeline argument, repeatable (e.g. --runner=...)"
     )

@@ -97,9 +97,7 @@ def split_held_out(events: list[Event]) -> dict[str, tuple[list[Event], Event]]:
     return split
 
 
-def replay(
-    client: InterestClient, held_out: dict[str, tuple[list[Event], Event]], users: list[str]
-) -> dict[str, Any]:
+def replay(client: InterestClient, held_out: dict[str, tuple[list[Event], Event]], users: list[str]) -> dict[str, Any]:
     """Replays held-out events through the client; returns rankings and latencies."""
     rankings, targets, latencies_ms, showcase = [], [], [], []
     started = time.time()
@@ -154,8 +152,14 @@ def interest_timeline(
     return timeline
 
 
-def run_demo(output_dir: str, epochs: int | None = None, max_users: int | None = None) -> dict[str, Any]:
-    """Runs the whole demo; returns (and writes) the summary."""
+def run_demo(output_dir: str, trainer: dict[str, Any] | None = None, max_users: int | None = None) -> dict[str, Any]:
+    """Runs the whole demo; returns (and writes) the summary.
+
+    Args:
+      output_dir: the run directory.
+      trainer: TrainerConfig fields overriding the CPU profile's defaults.
+      max_users: replay only this many users.
+    """
     output_dir = os.path.abspath(output_dir)
     timings: dict[str, float] = {}
     t = time.time()
@@ -175,7 +179,7 @@ def run_demo(output_dir: str, epochs: int | None = None, max_users: int | None =
         items_path=items_path,
         bert_dir=bert_dir,
         output_dir=output_dir,
-        trainer={"epochs": epochs} if epochs else {},
+        trainer=dict(trainer or {}),
         cache_dir=os.path.join(os.path.dirname(os.path.dirname(bert_dir)), "cache"),
     )
     t = time.time()
@@ -274,8 +278,10 @@ def _print_summary(summary: dict[str, Any], titles: dict[str, str], output_dir: 
     print(f"interest updates over gRPC: {s['updates']}, p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms")
     for case in summary["showcase"]:
         e = case["new_event"]
-        print(f"\nuser {case['user_id']}: new event {e['event_type']} {e['value']:g} of "
-              f"{titles.get(e['item_id'], e['item_id'])!r}")
+        print(
+            f"\nuser {case['user_id']}: new event {e['event_type']} {e['value']:g} of "
+            f"{titles.get(e['item_id'], e['item_id'])!r}"
+        )
         print("  before: " + "; ".join(titles.get(i, i) for i in case["before"]))
         print("  after:  " + "; ".join(titles.get(i, i) for i in case["after"]))
     print("\nartifacts:")

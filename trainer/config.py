@@ -1,8 +1,9 @@
 """Training configuration: one typed object, defaults sized for a 2-core CPU.
 
-GPU profile (documented, selected with `TrainerConfig.gpu()`): larger batches
-and more epochs; the same code runs on both, TensorFlow places ops on the GPU
-when one is visible.
+GPU profile (documented, selected with `TrainerConfig.gpu()`): the top two
+BERT layers fine-tuned with the recommender in mixed precision, larger batches
+and more negatives; the same code runs on both (TensorFlow places ops on the
+GPU when one is visible), so the GPU profile also runs, slowly, on a CPU.
 """
 
 from __future__ import annotations
@@ -57,6 +58,14 @@ class TrainerConfig:
       use_memory: the long-term memory of events older than the window adds
         to the interest vectors (ablation switch; the memory is still
         computed and returned, so the serving contract does not change).
+      text_finetune_layers: top BERT layers trained jointly with the model,
+        run on the unique items of each batch (`FineTunedText`); 0 (CPU
+        profile) keeps BERT frozen and its item vectors cached.
+      text_learning_rate: Adam learning rate of the fine-tuned BERT layers:
+        pretrained weights move far less than the recommender's own (at the
+        recommender's rate they collapse every item text to one vector).
+      mixed_precision: the fine-tuned BERT layers compute in float16 with a
+        scaled loss (float32 variables); meant for GPUs.
     """
 
     interest_dim: int = INTEREST_DIM
@@ -77,6 +86,9 @@ class TrainerConfig:
     co_interaction_neighbours: int = 0
     message_passing_rounds: int = 1
     use_memory: bool = True
+    text_finetune_layers: int = 0
+    text_learning_rate: float = 5e-5
+    mixed_precision: bool = False
 
     def __post_init__(self) -> None:
         if self.interest_dim != INTEREST_DIM:
@@ -85,6 +97,10 @@ class TrainerConfig:
             raise ValueError("num_interests must be at least 1")
         if self.message_passing_rounds < 1:
             raise ValueError("message_passing_rounds must be at least 1")
+        if self.text_finetune_layers < 0:
+            raise ValueError("text_finetune_layers must be >= 0")
+        if self.text_finetune_layers and not self.use_text:
+            raise ValueError("text_finetune_layers needs use_text")
         if self.co_interaction_neighbours < 0:
             raise ValueError("co_interaction_neighbours must be >= 0")
         if self.interest_dim % self.attention_heads:
@@ -92,8 +108,16 @@ class TrainerConfig:
 
     @classmethod
     def gpu(cls) -> TrainerConfig:
-        """The GPU profile: bigger batches, more negatives, more epochs."""
-        return cls(epochs=20, batch_size=1024, num_sampled=1024, early_stopping_patience=3)
+        """The GPU profile: top two BERT layers fine-tuned in mixed precision, bigger batches, more negatives."""
+        return cls(batch_size=1024, num_sampled=1024, text_finetune_layers=2, mixed_precision=True)
+
+    @classmethod
+    def profile(cls, name: str, **overrides: Any) -> TrainerConfig:
+        """The named profile ("cpu": the defaults, "gpu": `gpu()`) with `overrides` applied."""
+        profiles = {"cpu": cls, "gpu": cls.gpu}
+        if name not in profiles:
+            raise ValueError(f"unknown trainer profile {name!r}; expected one of {sorted(profiles)}")
+        return dataclasses.replace(profiles[name](), **overrides)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainerConfig:

@@ -42,8 +42,11 @@ def export_serving_model(model: InterestModel, export_dir: str, warmup_subgraphs
     """
     spec = graph_tensor_spec()
     tower = model.item_tower
+    # Training may have restored earlier weights (early stopping): the fine-tuned
+    # text rows must come from the weights being exported.
+    tower.refresh_text_table()
     # Item vectors are fixed after training: compute them once at export time
-    # instead of on every request.
+    # instead of on every request (scoring and encoding alike).
     item_vectors = tf.Variable(tower.all_item_vectors(), trainable=False, name="item_vectors")
     item_bias = tf.Variable(
         tower.bias + tf.one_hot(OOV_INDEX, tower.vocabulary_size, on_value=-1e9, off_value=0.0),
@@ -62,9 +65,9 @@ def export_serving_model(model: InterestModel, export_dir: str, warmup_subgraphs
 
     def interest_outputs(subgraph: tf.Tensor, prior_memory: tf.Tensor | None) -> dict[str, tf.Tensor]:
         graph = parse_subgraphs(subgraph, spec)
-        state, memory = model.encoder.encode(graph, prior_memory)
+        state, memory = model.encoder.encode(graph, prior_memory, item_vectors)
         readable = readable_interest_graph(
-            model, graph, state, s.TOP_INTEREST_ITEMS, s.TOP_INTEREST_CATEGORIES
+            model, graph, state, s.TOP_INTEREST_ITEMS, s.TOP_INTEREST_CATEGORIES, item_vectors
         )
         return {
             s.INTEREST_STATE: state,
@@ -117,7 +120,9 @@ def export_serving_model(model: InterestModel, export_dir: str, warmup_subgraphs
 
 
 def write_warmup_requests(
-    export_dir: str, update_interest: tf.types.experimental.GenericFunction, subgraphs: Sequence[bytes],
+    export_dir: str,
+    update_interest: tf.types.experimental.GenericFunction,
+    subgraphs: Sequence[bytes],
     sample_item_ids: Sequence[str],
 ) -> None:
     """Writes one PredictionLog per signature, as TF Serving's warmup expects."""

@@ -144,7 +144,7 @@ class InterestEncoder(tf.keras.layers.Layer):
         return self.encode(graph)[0]
 
     def encode(
-        self, graph: tfgnn.GraphTensor, prior_memory: tf.Tensor | None = None
+        self, graph: tfgnn.GraphTensor, prior_memory: tf.Tensor | None = None, item_vectors: tf.Tensor | None = None
     ) -> tuple[tf.Tensor, tf.Tensor]:
         """Interest vectors and long-term memory of a merged GraphTensor.
 
@@ -153,13 +153,17 @@ class InterestEncoder(tf.keras.layers.Layer):
           prior_memory: [num_users, MEMORY_WIDTH] memory of events evicted
             before, at this graph's prediction time; the graph's `memory`
             nodes are merged into it (None: they are the whole memory).
+          item_vectors: the item tower's `all_item_vectors()` when the caller
+            has them already (a training step, the export's fixed table).
 
         Returns:
           ([num_users, num_interests, interest_dim] interest vectors,
            [num_users, MEMORY_WIDTH] the updated long-term memory).
         """
         items = graph.node_sets[g.ITEM]
-        memory = graph_memory(graph, self.item_tower(graph.node_sets[g.MEMORY][g.ITEM_ID]))
+        if item_vectors is None:
+            item_vectors = self.item_tower.all_item_vectors()
+        memory = graph_memory(graph, self.item_tower(graph.node_sets[g.MEMORY][g.ITEM_ID], item_vectors))
         if prior_memory is not None:
             memory = merge_memories(prior_memory, memory)
         categories = graph.node_sets[g.CATEGORY]
@@ -184,7 +188,7 @@ class InterestEncoder(tf.keras.layers.Layer):
         graph = graph.replace_features(
             node_sets={
                 g.USER: {tfgnn.HIDDEN_STATE: tf.zeros([num_users, self.interest_dim])},
-                g.ITEM: {tfgnn.HIDDEN_STATE: self.item_tower(items[g.ITEM_ID])},
+                g.ITEM: {tfgnn.HIDDEN_STATE: self.item_tower(items[g.ITEM_ID], item_vectors)},
                 g.CATEGORY: {tfgnn.HIDDEN_STATE: self.category_state(category_vectors)},
             },
             edge_sets={

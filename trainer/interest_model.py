@@ -132,34 +132,88 @@ class InterestModel(tf.keras.Model):
         """Interest states [users, interests, dim] of a merged (scalar) GraphTensor."""
         return self.encoder(graph)
 
-    def all_scores(self, interest_state: tf.Tensor) -> tf.Tensor:
+    def all_scores(self, interest_state: tf.Tensor, item_vectors: tf.Tensor | None = None) -> tf.Tensor:
         """[batch, vocabulary_size] scores of every item; the unknown-item column is masked."""
-        scores = best_interest_scores(interest_state, self.item_tower.all_item_vectors()) + self.item_tower.bias
+        if item_vectors is None:
+            item_vectors = self.item_tower.all_item_vectors()
+        scores = best_interest_scores(interest_state, item_vectors) + self.item_tower.bias
         unknown = tf.one_hot(OOV_INDEX, self.item_tower.vocabulary_size, on_value=_MASKED, off_value=0.0)
         return scores + unknown
 
+    def _batch_items(self, graph: tfgnn.GraphTensor, *candidates: tf.Tensor) -> tf.Tensor:
+        """Unique vocabulary indices of a batch's items: its windows, memories and candidates."""
+        tower = self.item_tower
+        window = tower.indices(graph.node_sets[g.ITEM][g.ITEM_ID])
+        memory = tower.indices(graph.node_sets[g.MEMORY][g.ITEM_ID])
+        indices = [tf.cast(x, tf.int64) for x in (window, memory, *candidates)]
+        return tf.unique(tf.concat(indices, axis=0))[0]
+
     def _loss(self, graph: tfgnn.GraphTensor, label_ids: tf.Tensor, training: bool) -> tf.Tensor:
-        interest_state = self.encoder(graph, training=training)
-        labels = tf.cast(self.item_tower.indices(label_ids), tf.int64)
-        num_classes = self.item_tower.vocabulary_size
-        if self.num_sampled <= 0 or self.num_sampled >= num_classes - 1:
+        tower = self.item_tower
+        labels = tf.cast(tower.indices(label_ids), tf.int64)
+        num_classes = tower.vocabulary_size
+        exact = self.num_sampled <= 0 or self.num_sampled >= num_classes - 1
+        sampled_values = None
+        candidates = [labels]
+        if not exact:
+            sampled_values = tf.random.log_uniform_candidate_sampler(
+                labels[:, None], 1, min(self.num_sampled, num_classes - 1), unique=True, range_max=num_classes
+            )
+            candidates.append(sampled_values[0])
+        fresh = self._batch_items(graph, *candidates) if training and tower.fine_tuned_text is not None else None
+        item_vectors = tower.all_item_vectors(fresh_items=fresh)
+        interest_state, _ = self.encoder.encode(graph, item_vectors=item_vectors)
+        if exact:
             # Small catalogs can afford the exact softmax over every item.
-            logits = self.all_scores(interest_state)
+            logits = self.all_scores(interest_state, item_vectors)
             return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
-        sampled_values = tf.random.log_uniform_candidate_sampler(
-            labels[:, None], 1, min(self.num_sampled, num_classes - 1), unique=True, range_max=num_classes
-        )
-        losses = multi_interest_sampled_softmax_loss(
-            interest_state, labels, self.item_tower.all_item_vectors(), self.item_tower.bias, sampled_values
-        )
+        losses = multi_interest_sampled_softmax_loss(interest_state, labels, item_vectors, tower.bias, sampled_values)
         return tf.reduce_mean(losses)
+
+    def compile(self, optimizer: Any, text_optimizer: Any = None, **kwargs: Any) -> None:
+        """Keras compile, plus the optimizer of the fine-tuned BERT layers.
+
+        Args:
+          optimizer: for every weight except the fine-tuned BERT layers; a
+            `LossScaleOptimizer` switches on loss scaling (mixed precision).
+          text_optimizer: for the fine-tuned BERT layers (pretrained weights
+            need a far smaller learning rate than the recommender's own);
+            required when the item tower fine-tunes text.
+        """
+        super().compile(optimizer=optimizer, **kwargs)
+        text = self.item_tower.fine_tuned_text
+        if text is not None and text_optimizer is None:
+            raise ValueError("the item tower fine-tunes BERT: compile needs a text_optimizer")
+        self.text_optimizer = text_optimizer
+        if text is not None:
+            # Slots exist before tracing, so the step can apply them conditionally.
+            text_optimizer.build(text.trainable_variables)
 
     def train_step(self, data: tuple[tfgnn.GraphTensor, tf.Tensor]) -> dict[str, tf.Tensor]:
         graph, label_ids = data
+        # With mixed precision the loss is scaled so float16 gradients do not underflow.
+        scaling = isinstance(self.optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
         with tf.GradientTape() as tape:
             loss = self._loss(graph, label_ids, training=True)
-        gradients = tape.gradient(loss, self.trainable_variables)
-        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables, strict=True))
+            scaled_loss = self.optimizer.get_scaled_loss(loss) if scaling else loss
+        # Listed after the first forward pass, which builds layers that build lazily.
+        text = self.item_tower.fine_tuned_text
+        text_variables = text.trainable_variables if text is not None else []
+        text_ids = {id(v) for v in text_variables}
+        variables = [v for v in self.trainable_variables if id(v) not in text_ids]
+        gradients = tape.gradient(scaled_loss, variables + text_variables)
+        if scaling:
+            gradients = self.optimizer.get_unscaled_gradients(gradients)
+        main_gradients, text_gradients = gradients[: len(variables)], gradients[len(variables) :]
+        self.optimizer.apply_gradients(zip(main_gradients, variables, strict=True))
+        if text_variables:
+            # The loss scale overflowed: the LossScaleOptimizer skipped this step, so must BERT.
+            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in text_gradients if g is not None])
+            tf.cond(
+                finite,
+                lambda: self.text_optimizer.apply_gradients(zip(text_gradients, text_variables, strict=True)),
+                lambda: self.text_optimizer.iterations,
+            )
         self.loss_tracker.update_state(loss)
         return {"loss": self.loss_tracker.result()}
 
@@ -191,9 +245,7 @@ class InterestModel(tf.keras.Model):
         }
 
 
-def _top_per_component(
-    values: tf.RaggedTensor, labels: tf.RaggedTensor, k: int
-) -> tuple[tf.Tensor, tf.Tensor]:
+def _top_per_component(values: tf.RaggedTensor, labels: tf.RaggedTensor, k: int) -> tuple[tf.Tensor, tf.Tensor]:
     """Top-k (labels, values) per row of ragged inputs, padded with ("", 0)."""
     dense_values = values.to_tensor(default_value=-1.0)
     dense_labels = labels.to_tensor(default_value="")
@@ -207,7 +259,12 @@ def _top_per_component(
 
 
 def readable_interest_graph(
-    model: InterestModel, graph: tfgnn.GraphTensor, interest_state: tf.Tensor, top_items: int, top_categories: int
+    model: InterestModel,
+    graph: tfgnn.GraphTensor,
+    interest_state: tf.Tensor,
+    top_items: int,
+    top_categories: int,
+    item_vectors: tf.Tensor | None = None,
 ) -> dict[str, tf.Tensor]:
     """The weights of the window's items and categories in the user's current interests.
 
@@ -224,6 +281,7 @@ def readable_interest_graph(
       interest_state: [users, interests, dim] from `model(graph)`.
       top_items: how many items to return per user.
       top_categories: how many categories to return per user.
+      item_vectors: the item tower's `all_item_vectors()`, if already computed.
 
     Returns:
       item ids/weights [users, top_items] and category names/weights
@@ -233,7 +291,8 @@ def readable_interest_graph(
     item_sizes = items.sizes
     owner = tf.repeat(tf.range(tf.shape(item_sizes)[0]), item_sizes)
     affinity = tf.reduce_max(
-        tf.einsum("nmd,nd->nm", tf.gather(interest_state, owner), model.item_tower(items[g.ITEM_ID])), axis=1
+        tf.einsum("nmd,nd->nm", tf.gather(interest_state, owner), model.item_tower(items[g.ITEM_ID], item_vectors)),
+        axis=1,
     )
     affinity = tf.RaggedTensor.from_row_lengths(affinity, item_sizes)
     weights = tf.exp(affinity - tf.reduce_max(affinity, axis=1, keepdims=True))

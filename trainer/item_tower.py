@@ -12,6 +12,8 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from trainer.fine_tuned_text import FineTunedText  # noqa: E402
+
 OOV_INDEX = 0
 
 
@@ -43,6 +45,12 @@ class ItemTower(tf.keras.layers.Layer):
       co_interactions: per item, ((neighbour index into item_ids, weight), ...)
         from the training split; empty lists (or none at all) switch the
         co-interaction round off for those items.
+      fine_tuned_text: the GPU profile's text view, whose top BERT layers
+        train (rows: the unknown item, then item_ids); None keeps the frozen
+        `text_vectors`. Its vectors for the whole catalog are kept in
+        `text_table`: a training step recomputes only the rows of its batch's
+        items (`all_item_vectors(fresh_items=...)`), the other rows are from the
+        last `refresh_text_table()`.
     """
 
     def __init__(
@@ -55,6 +63,7 @@ class ItemTower(tf.keras.layers.Layer):
         category_dim: int,
         use_text: bool = True,
         co_interactions: Sequence[Sequence[Sequence[float]]] | None = None,
+        fine_tuned_text: FineTunedText | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -77,6 +86,17 @@ class ItemTower(tf.keras.layers.Layer):
         )
         text = np.concatenate([np.zeros((1, self.text_vectors.shape[1]), np.float32), self.text_vectors])
         self._text = tf.constant(text)
+        self.fine_tuned_text = fine_tuned_text
+        if fine_tuned_text is not None:
+            if len(fine_tuned_text.item_texts) != self.vocabulary_size:
+                raise ValueError("fine_tuned_text must have one text per vocabulary row (unknown item first)")
+            self.text_table = self.add_weight(
+                name="fine_tuned_text_table",
+                shape=(self.vocabulary_size, fine_tuned_text.hidden_dim),
+                initializer="zeros",
+                trainable=False,
+            )
+            self.refresh_text_table()
         # Row-normalised item x category matrix: an item's category vector is the
         # mean of its categories' embeddings (category index shifted for OOV).
         membership = np.zeros((self.vocabulary_size, len(self.category_names) + 1), np.float32)
@@ -99,7 +119,8 @@ class ItemTower(tf.keras.layers.Layer):
         )
         self.bias = self.add_weight(name="item_bias", shape=(self.vocabulary_size,), initializer="zeros")
         # Built now: `all_item_vectors` reads the weight matrices directly.
-        self.text_projection.build((None, self.text_vectors.shape[1]))
+        text_dim = fine_tuned_text.hidden_dim if fine_tuned_text is not None else self.text_vectors.shape[1]
+        self.text_projection.build((None, text_dim))
         self.category_embedding.build((None,))
         self.category_projection.build((None, category_dim))
         self.id_embedding.build((None,))
@@ -120,23 +141,54 @@ class ItemTower(tf.keras.layers.Layer):
         )
         return tf.sparse.reorder(matrix)
 
-    def all_item_vectors(self) -> tf.Tensor:
-        """[vocabulary_size, output_dim] vectors of every item (row 0: unknown)."""
+    def refresh_text_table(self, chunk: int = 256) -> None:
+        """Recomputes every item's fine-tuned text vector (before validation and export)."""
+        if self.fine_tuned_text is None:
+            return
+        rows = [
+            self.fine_tuned_text(tf.range(start, min(start + chunk, self.vocabulary_size)), training=False)
+            for start in range(0, self.vocabulary_size, chunk)
+        ]
+        self.text_table.assign(tf.concat(rows, axis=0))
+
+    def all_item_vectors(self, fresh_items: tf.Tensor | None = None) -> tf.Tensor:
+        """[vocabulary_size, output_dim] vectors of every item (row 0: unknown).
+
+        Args:
+          fresh_items: with a fine-tuned text view, the vocabulary indices
+            whose text vectors are recomputed by the trainable BERT layers (so
+            gradients reach them); unique indices, e.g. a training batch's items.
+        """
         category_vectors = tf.matmul(self._membership, self.category_embedding.embeddings)
         vectors = self.category_projection(category_vectors) + self.id_embedding.embeddings
         if self.use_text:
-            vectors += self.text_projection(self._text)
+            vectors += self.text_projection(self._text_vectors(fresh_items))
         if self._neighbourhood is not None:
             vectors += self.neighbour_projection(tf.sparse.sparse_dense_matmul(self._neighbourhood, vectors))
         return vectors
+
+    def _text_vectors(self, fresh_items: tf.Tensor | None) -> tf.Tensor:
+        if self.fine_tuned_text is None:
+            return self._text
+        if fresh_items is None:
+            return tf.convert_to_tensor(self.text_table)
+        fresh = self.fine_tuned_text(fresh_items, training=True)
+        return tf.tensor_scatter_nd_update(self.text_table, fresh_items[:, None], fresh)
 
     def indices(self, item_ids: tf.Tensor) -> tf.Tensor:
         """Vocabulary indices of item ids (0 for unknown items)."""
         return self.item_lookup(item_ids)
 
-    def call(self, item_ids: tf.Tensor) -> tf.Tensor:
-        """Item vectors of the given ids (any shape; one vector per id)."""
-        return tf.gather(self.all_item_vectors(), self.indices(item_ids))
+    def call(self, item_ids: tf.Tensor, item_vectors: tf.Tensor | None = None) -> tf.Tensor:
+        """Item vectors of the given ids (any shape; one vector per id).
+
+        Args:
+          item_ids: string ids.
+          item_vectors: `all_item_vectors()` computed once by the caller (a
+            training step, or the export's fixed table); None computes them.
+        """
+        table = self.all_item_vectors() if item_vectors is None else item_vectors
+        return tf.gather(table, self.indices(item_ids))
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
@@ -149,5 +201,6 @@ class ItemTower(tf.keras.layers.Layer):
             category_dim=self.category_dim,
             use_text=self.use_text,
             co_interactions=self.co_interactions,
+            fine_tuned_text=None if self.fine_tuned_text is None else tf.keras.layers.serialize(self.fine_tuned_text),
         )
         return config

@@ -20,6 +20,7 @@ import tensorflow as tf  # noqa: E402
 from schemas.catalog import CatalogEntry, catalog_path, read_catalog  # noqa: E402
 from trainer.config import TrainerConfig  # noqa: E402
 from trainer.export import export_serving_model  # noqa: E402
+from trainer.fine_tuned_text import FineTunedText  # noqa: E402
 from trainer.graph_dataset import training_dataset  # noqa: E402
 from trainer.interest_model import InterestModel  # noqa: E402
 from trainer.item_tower import ItemTower  # noqa: E402
@@ -63,9 +64,7 @@ def item_text_vectors(
     """
     texts = [e.item.text for e in entries]
     weights = os.path.join(bert_dir, "model.safetensors")
-    key = hashlib.sha256(
-        json.dumps([texts, sequence_length, os.path.getsize(weights)]).encode()
-    ).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([texts, sequence_length, os.path.getsize(weights)]).encode()).hexdigest()[:16]
     path = os.path.join(cache_dir, f"item_text_vectors_{key}.npy")
     if os.path.exists(path):
         log.info("item text vectors: cache hit %s", path)
@@ -81,8 +80,18 @@ def item_text_vectors(
     return vectors
 
 
-def build_model(entries: Sequence[CatalogEntry], text_vectors: np.ndarray, config: TrainerConfig) -> InterestModel:
-    """Builds the model over the catalog's items (ordered most frequent first)."""
+def build_model(
+    entries: Sequence[CatalogEntry], text_vectors: np.ndarray, config: TrainerConfig, bert_dir: str | None = None
+) -> InterestModel:
+    """Builds the model over the catalog's items (ordered most frequent first).
+
+    Args:
+      entries: the item catalog.
+      text_vectors: frozen BERT vectors of the entries' texts (unused, and may
+        have no columns, when the config fine-tunes BERT).
+      config: hyperparameters.
+      bert_dir: the pretrained BERT, needed when `config.text_finetune_layers` > 0.
+    """
     order = sorted(range(len(entries)), key=lambda i: (-entries[i].train_count, entries[i].item.item_id))
     ordered = [entries[i] for i in order]
     category_names = sorted({c for e in ordered for c in e.item.categories})
@@ -92,6 +101,17 @@ def build_model(entries: Sequence[CatalogEntry], text_vectors: np.ndarray, confi
         [[position[j], w] for j, w in e.co_interactions[: config.co_interaction_neighbours] if j in position]
         for e in ordered
     ]
+    fine_tuned_text = None
+    if config.text_finetune_layers:
+        if bert_dir is None:
+            raise ValueError("fine-tuning BERT (text_finetune_layers > 0) needs bert_dir")
+        fine_tuned_text = FineTunedText(
+            [""] + [e.item.text for e in ordered],
+            bert_dir,
+            config.text_finetune_layers,
+            config.text_sequence_length,
+            mixed_precision=config.mixed_precision,
+        )
     tower = ItemTower(
         item_ids=[e.item.item_id for e in ordered],
         text_vectors=text_vectors[order],
@@ -101,6 +121,7 @@ def build_model(entries: Sequence[CatalogEntry], text_vectors: np.ndarray, confi
         category_dim=config.category_dim,
         use_text=config.use_text,
         co_interactions=co_interactions,
+        fine_tuned_text=fine_tuned_text,
     )
     return InterestModel(
         tower,
@@ -114,6 +135,17 @@ def build_model(entries: Sequence[CatalogEntry], text_vectors: np.ndarray, confi
         message_passing_rounds=config.message_passing_rounds,
         use_memory=config.use_memory,
     )
+
+
+class _RefreshTextTable(tf.keras.callbacks.Callback):
+    """Recomputes the fine-tuned text vectors of every item before each validation pass.
+
+    During an epoch only the rows of each batch's items are recomputed;
+    validation ranks the whole catalog, so it needs all of them current.
+    """
+
+    def on_test_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self.model.item_tower.refresh_text_table()
 
 
 class _EpochLog(tf.keras.callbacks.Callback):
@@ -145,10 +177,18 @@ def train(inputs: TrainingInputs, config: TrainerConfig) -> dict[str, Any]:
     tf.keras.utils.set_random_seed(config.seed)
     entries = read_catalog(inputs.catalog_file)
     start = time.time()
-    vectors = item_text_vectors(entries, inputs.bert_dir, inputs.cache_dir, config.text_sequence_length)
+    if config.text_finetune_layers:
+        # The fine-tuned view computes its own BERT states; frozen vectors are not used.
+        vectors = np.zeros((len(entries), 0), np.float32)
+    else:
+        vectors = item_text_vectors(entries, inputs.bert_dir, inputs.cache_dir, config.text_sequence_length)
+    model = build_model(entries, vectors, config, inputs.bert_dir)
     text_s = time.time() - start
-    model = build_model(entries, vectors, config)
-    model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
+    optimizer = tf.keras.optimizers.Adam(config.learning_rate)
+    if config.mixed_precision:
+        optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
+    text_optimizer = tf.keras.optimizers.Adam(config.text_learning_rate) if config.text_finetune_layers else None
+    model.compile(optimizer=optimizer, text_optimizer=text_optimizer)
     train_ds = training_dataset(inputs.train_files, config.batch_size, shuffle=True, seed=config.seed)
     eval_ds = training_dataset(inputs.eval_files, config.batch_size, shuffle=False)
     # The custom train_step never calls the model itself; one call builds it
@@ -161,6 +201,7 @@ def train(inputs: TrainingInputs, config: TrainerConfig) -> dict[str, Any]:
         epochs=config.epochs,
         verbose=0,
         callbacks=[
+            _RefreshTextTable(),
             ValidationRanking(inputs.eval_files),
             _EpochLog(),
             tf.keras.callbacks.EarlyStopping(

@@ -385,6 +385,43 @@ class ItemTextEncoder:
         counts = tf.maximum(tf.reduce_sum(weights, axis=1), 1e-9)
         return tf.math.l2_normalize(summed / counts, axis=1, epsilon=1e-24)
 
+    def top_layers(self, count: int) -> list[keras_nlp.layers.TransformerEncoder]:
+        """The last `count` transformer layers of the backbone (the ones a GPU profile fine-tunes)."""
+        layers = self.backbone.transformer_layers
+        if not 1 <= count <= len(layers):
+            raise ValueError(f"count must be in [1, {len(layers)}], got {count}")
+        return layers[len(layers) - count :]
+
+    def top_layer_inputs(self, texts: Sequence[str], top_layers: int) -> tuple[np.ndarray, np.ndarray]:
+        """What enters the top `top_layers` transformer layers for each text, with its padding mask.
+
+        Running `top_layers(top_layers)` on these states, then the mean pooling
+        and normalisation of `encode`, gives `encode(texts)`: the frozen lower
+        layers are computed once here, so training can fine-tune the top ones.
+
+        Args:
+            texts: The texts.
+            top_layers: How many layers are left on top (1 .. num_layers).
+
+        Returns:
+            (float32 [len(texts), length, hidden], bool [len(texts), length]) where
+            length is the longest packed text (at most ``sequence_length``).
+        """
+        below = len(self.backbone.transformer_layers) - len(self.top_layers(top_layers))
+        name = f"transformer_layer_{below - 1}" if below else "embeddings_dropout"
+        lower = tf.keras.Model(self.backbone.input, self.backbone.get_layer(name).output)
+        states, masks = [], []
+        texts = list(texts)
+        for start in range(0, len(texts), self._batch_size):
+            features = self.preprocessor(tf.constant(texts[start : start + self._batch_size], dtype=tf.string))
+            states.append(lower(features, training=False).numpy())
+            masks.append(features["padding_mask"].numpy().astype(bool))
+        if not states:
+            return np.zeros((0, 1, self.hidden_dim), np.float32), np.zeros((0, 1), bool)
+        mask = np.concatenate(masks)
+        length = max(int(mask.sum(axis=1).max()), 1)
+        return np.concatenate(states)[:, :length].astype(np.float32), mask[:, :length]
+
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Embeds texts in batches of ``batch_size``.
 
