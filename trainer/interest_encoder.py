@@ -100,26 +100,31 @@ class InterestEncoder(tf.keras.layers.Layer):
         self.event_type_lookup = tf.keras.layers.StringLookup(vocabulary=list(EVENT_TYPES), num_oov_indices=1)
         self.event_type_embedding = tf.keras.layers.Embedding(len(EVENT_TYPES) + 1, event_dim)
         self.event_projection = tf.keras.layers.Dense(event_dim, activation="relu")
-        self.category_state = tf.keras.layers.Dense(interest_dim, activation="relu")
-        self.item_update = tfgnn.keras.layers.GraphUpdate(
-            node_sets={
-                g.ITEM: tfgnn.keras.layers.NodeSetUpdate(
-                    {
-                        g.IN_CATEGORY: tfgnn.keras.layers.SimpleConv(
-                            tf.keras.layers.Dense(interest_dim, activation="relu"),
-                            reduce_type="mean",
-                            receiver_tag=tfgnn.SOURCE,
-                        )
-                    },
-                    tfgnn.keras.layers.ResidualNextState(tf.keras.layers.Dense(interest_dim)),
-                )
-            }
-        )
-        self.memory_readout = MemoryReadout(num_interests * interest_dim)
+        # Layers of switched-off parts are not created: no untrained weights in the export.
+        self.category_state = tf.keras.layers.Dense(interest_dim, activation="relu") if use_categories else None
+        self.item_update = self._category_round() if use_categories else None
+        self.memory_readout = MemoryReadout(num_interests * interest_dim) if use_memory else None
         self.user_updates = [
             self._user_round(num_interests * interest_dim if r == message_passing_rounds - 1 else interest_dim)
             for r in range(message_passing_rounds)
         ]
+
+    def _category_round(self) -> tfgnn.keras.layers.GraphUpdate:
+        """Items in the window receive from their categories (mean), with a residual update."""
+        return tfgnn.keras.layers.GraphUpdate(
+            node_sets={
+                g.ITEM: tfgnn.keras.layers.NodeSetUpdate(
+                    {
+                        g.IN_CATEGORY: tfgnn.keras.layers.SimpleConv(
+                            tf.keras.layers.Dense(self.interest_dim, activation="relu"),
+                            reduce_type="mean",
+                            receiver_tag=tfgnn.SOURCE,
+                        )
+                    },
+                    tfgnn.keras.layers.ResidualNextState(tf.keras.layers.Dense(self.interest_dim)),
+                )
+            }
+        )
 
     def _user_round(self, output_dim: int) -> tfgnn.keras.layers.GraphUpdate:
         """One round of GATv2 attention from the window's events to the user."""
@@ -166,10 +171,7 @@ class InterestEncoder(tf.keras.layers.Layer):
         memory = graph_memory(graph, self.item_tower(graph.node_sets[g.MEMORY][g.ITEM_ID], item_vectors))
         if prior_memory is not None:
             memory = merge_memories(prior_memory, memory)
-        categories = graph.node_sets[g.CATEGORY]
         events = graph.edge_sets[g.EVENT]
-        category_index = self.item_tower.category_lookup(categories[g.CATEGORY_NAME])
-        category_vectors = self.item_tower.category_embedding(category_index)
         value = events[g.EVENT_VALUE][:, None]
         time_features = event_time_features(events[g.EVENT_AGE_DAYS], events[g.EVENT_RECENCY])
         if not self.use_time:
@@ -185,16 +187,19 @@ class InterestEncoder(tf.keras.layers.Layer):
             axis=1,
         )
         num_users = graph.node_sets[g.USER].total_size
+        node_states = {
+            g.USER: {tfgnn.HIDDEN_STATE: tf.zeros([num_users, self.interest_dim])},
+            g.ITEM: {tfgnn.HIDDEN_STATE: self.item_tower(items[g.ITEM_ID], item_vectors)},
+        }
+        if self.use_categories:
+            categories = graph.node_sets[g.CATEGORY]
+            category_vectors = self.item_tower.category_embedding(
+                self.item_tower.category_lookup(categories[g.CATEGORY_NAME])
+            )
+            node_states[g.CATEGORY] = {tfgnn.HIDDEN_STATE: self.category_state(category_vectors)}
         graph = graph.replace_features(
-            node_sets={
-                g.USER: {tfgnn.HIDDEN_STATE: tf.zeros([num_users, self.interest_dim])},
-                g.ITEM: {tfgnn.HIDDEN_STATE: self.item_tower(items[g.ITEM_ID], item_vectors)},
-                g.CATEGORY: {tfgnn.HIDDEN_STATE: self.category_state(category_vectors)},
-            },
-            edge_sets={
-                g.EVENT: {tfgnn.HIDDEN_STATE: self.event_projection(event_features)},
-                g.IN_CATEGORY: {},
-            },
+            node_sets=node_states,
+            edge_sets={g.EVENT: {tfgnn.HIDDEN_STATE: self.event_projection(event_features)}},
         )
         if self.use_categories:
             graph = self.item_update(graph)

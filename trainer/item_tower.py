@@ -105,8 +105,16 @@ class ItemTower(tf.keras.layers.Layer):
                 membership[row, c + 1] = 1.0 / len(categories)
         self._membership = tf.constant(membership)
         self._neighbourhood = self._neighbour_matrix()
-        self.neighbour_projection = tf.keras.layers.Dense(output_dim, use_bias=False, name="neighbour_projection")
-        self.text_projection = tf.keras.layers.Dense(output_dim, use_bias=False, name="text_projection")
+        # Views that are switched off get no layer: no untrained weights in the export.
+        self.neighbour_projection = None
+        if self._neighbourhood is not None:
+            self.neighbour_projection = tf.keras.layers.Dense(output_dim, use_bias=False, name="neighbour_projection")
+            self.neighbour_projection.build((None, output_dim))
+        self.text_projection = None
+        if use_text:
+            text_dim = fine_tuned_text.hidden_dim if fine_tuned_text is not None else self.text_vectors.shape[1]
+            self.text_projection = tf.keras.layers.Dense(output_dim, use_bias=False, name="text_projection")
+            self.text_projection.build((None, text_dim))
         self.category_embedding = tf.keras.layers.Embedding(
             len(self.category_names) + 1, category_dim, name="category_embedding"
         )
@@ -119,12 +127,9 @@ class ItemTower(tf.keras.layers.Layer):
         )
         self.bias = self.add_weight(name="item_bias", shape=(self.vocabulary_size,), initializer="zeros")
         # Built now: `all_item_vectors` reads the weight matrices directly.
-        text_dim = fine_tuned_text.hidden_dim if fine_tuned_text is not None else self.text_vectors.shape[1]
-        self.text_projection.build((None, text_dim))
         self.category_embedding.build((None,))
         self.category_projection.build((None, category_dim))
         self.id_embedding.build((None,))
-        self.neighbour_projection.build((None, output_dim))
 
     def _neighbour_matrix(self) -> tf.sparse.SparseTensor | None:
         """Row-normalised [vocabulary, vocabulary] co-interaction weights (row 0: unknown item)."""
