@@ -12,7 +12,7 @@ from typing import Any  # noqa: E402
 import keras_nlp  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from trainer.text_encoder import ItemTextEncoder  # noqa: E402
+from trainer.text_encoder import ItemTextEncoder, mean_pool_and_normalize  # noqa: E402
 
 
 def _copy_layer(layer: keras_nlp.layers.TransformerEncoder, dtype: str) -> keras_nlp.layers.TransformerEncoder:
@@ -79,12 +79,8 @@ class FineTunedText(tf.keras.layers.Layer):
         mask = tf.gather(self.padding_mask, indices)
         for layer in self.top_layers:
             states = layer(states, padding_mask=mask, training=training)
-        weights = tf.cast(mask, tf.float32)[:, :, None]
-        pooled = tf.reduce_sum(tf.cast(states, tf.float32) * weights, axis=1) / tf.maximum(
-            tf.reduce_sum(weights, axis=1), 1e-9
-        )
         known = tf.cast(tf.not_equal(indices, 0), tf.float32)[:, None]
-        return tf.math.l2_normalize(pooled, axis=1, epsilon=1e-24) * known
+        return mean_pool_and_normalize(states, mask) * known
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

@@ -220,7 +220,10 @@ class InterestModel(tf.keras.Model):
     def test_step(self, data: tuple[tfgnn.GraphTensor, tf.Tensor]) -> dict[str, tf.Tensor]:
         """Full-softmax cross-entropy on validation: no sampling noise in early stopping."""
         graph, label_ids = data
-        logits = self.all_scores(self.encoder(graph, training=False))
+        # One item table serves the encoder and the scores.
+        item_vectors = self.item_tower.all_item_vectors()
+        interest_state, _ = self.encoder.encode(graph, item_vectors=item_vectors)
+        logits = self.all_scores(interest_state, item_vectors)
         labels = self.item_tower.indices(label_ids)
         loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
         self.loss_tracker.update_state(loss)

@@ -312,6 +312,23 @@ def load_bert_backbone(model_dir: str, exact_gelu: bool = True) -> keras_nlp.mod
     return backbone
 
 
+def mean_pool_and_normalize(sequence: tf.Tensor, padding_mask: tf.Tensor) -> tf.Tensor:
+    """all-MiniLM's sentence vector: the mean of the real tokens' states, L2-normalised.
+
+    Args:
+        sequence: [batch, length, hidden] last-layer states (any float dtype).
+        padding_mask: [batch, length], nonzero/True for real tokens.
+
+    Returns:
+        Float32 tensor [batch, hidden], unit L2 norm per row.
+    """
+    sequence = tf.cast(sequence, tf.float32)
+    weights = tf.cast(padding_mask, tf.float32)[:, :, tf.newaxis]
+    summed = tf.reduce_sum(sequence * weights, axis=1)
+    counts = tf.maximum(tf.reduce_sum(weights, axis=1), 1e-9)
+    return tf.math.l2_normalize(summed / counts, axis=1, epsilon=1e-24)
+
+
 class ItemTextEncoder:
     """Item text embeddings, as sentence-transformers all-MiniLM-L6-v2 computes them.
 
@@ -380,10 +397,7 @@ class ItemTextEncoder:
             "padding_mask": mask[:, :longest],
         }
         sequence = self.backbone(inputs, training=False)["sequence_output"]
-        weights = tf.cast(inputs["padding_mask"], sequence.dtype)[:, :, tf.newaxis]
-        summed = tf.reduce_sum(sequence * weights, axis=1)
-        counts = tf.maximum(tf.reduce_sum(weights, axis=1), 1e-9)
-        return tf.math.l2_normalize(summed / counts, axis=1, epsilon=1e-24)
+        return mean_pool_and_normalize(sequence, inputs["padding_mask"])
 
     def top_layers(self, count: int) -> list[keras_nlp.layers.TransformerEncoder]:
         """The last `count` transformer layers of the backbone (the ones a GPU profile fine-tunes)."""
