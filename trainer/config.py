@@ -58,6 +58,10 @@ class TrainerConfig:
       use_memory: the long-term memory of events older than the window adds
         to the interest vectors (ablation switch; the memory is still
         computed and returned, so the serving contract does not change).
+      event_context_blocks: blocks of event <-> event self-attention within
+        the window before events are pooled into the user (0: events are
+        pooled independently).
+      event_context_dropout: dropout of those blocks while training.
       text_finetune_layers: top BERT layers trained jointly with the model,
         run on the unique items of each batch (`FineTunedText`); 0 (CPU
         profile) keeps BERT frozen and its item vectors cached.
@@ -86,6 +90,8 @@ class TrainerConfig:
     co_interaction_neighbours: int = 0
     message_passing_rounds: int = 1
     use_memory: bool = True
+    event_context_blocks: int = 0
+    event_context_dropout: float = 0.2
     text_finetune_layers: int = 0
     text_learning_rate: float = 5e-5
     mixed_precision: bool = False
@@ -101,6 +107,10 @@ class TrainerConfig:
             raise ValueError("text_finetune_layers must be >= 0")
         if self.text_finetune_layers and not self.use_text:
             raise ValueError("text_finetune_layers needs use_text")
+        if self.event_context_blocks < 0:
+            raise ValueError("event_context_blocks must be >= 0")
+        if not 0.0 <= self.event_context_dropout < 1.0:
+            raise ValueError("event_context_dropout must be in [0, 1)")
         if self.co_interaction_neighbours < 0:
             raise ValueError("co_interaction_neighbours must be >= 0")
         if self.interest_dim % self.attention_heads:

@@ -14,6 +14,7 @@ from tensorflow_gnn.models import gat_v2  # noqa: E402
 
 from schemas import graph as g  # noqa: E402
 from schemas.events import EVENT_TYPES  # noqa: E402
+from trainer.event_context import EventContext  # noqa: E402
 from trainer.item_tower import ItemTower  # noqa: E402
 from trainer.long_term_memory import MemoryReadout, graph_memory, merge_memories  # noqa: E402
 
@@ -48,6 +49,10 @@ class InterestEncoder(tf.keras.layers.Layer):
       0. (optional) items <- their categories: each item in the window is
          refined by what kind of item it is (items already carry their
          categories and co-interaction neighbours from the `ItemTower`);
+      0b. (optional) events <-> events: each event's state (its item and its
+         type, value, sentiment and time) attends to the other events of the
+         window (`EventContext`), so an event is read in the context of what
+         came around it; the user's state starts from the latest event's;
       1. user <- events: multi-head GATv2 attention over the user's events,
          where each message carries the item's state and the event's type,
          value, review sentiment and time encoding, so the model learns which events (recent,
@@ -72,6 +77,8 @@ class InterestEncoder(tf.keras.layers.Layer):
       use_time: give events their time encoding (off: no-time ablation).
       message_passing_rounds: user <- events rounds (at least 1).
       use_memory: add the long-term memory's readout to the interest vectors.
+      event_context_blocks: event <-> event attention blocks (0: none).
+      event_context_dropout: dropout of those blocks while training.
     """
 
     def __init__(
@@ -85,6 +92,8 @@ class InterestEncoder(tf.keras.layers.Layer):
         use_time: bool = True,
         message_passing_rounds: int = 1,
         use_memory: bool = True,
+        event_context_blocks: int = 0,
+        event_context_dropout: float = 0.2,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -97,12 +106,20 @@ class InterestEncoder(tf.keras.layers.Layer):
         self.use_time = use_time
         self.message_passing_rounds = message_passing_rounds
         self.use_memory = use_memory
+        self.event_context_blocks = event_context_blocks
+        self.event_context_dropout = event_context_dropout
         self.event_type_lookup = tf.keras.layers.StringLookup(vocabulary=list(EVENT_TYPES), num_oov_indices=1)
         self.event_type_embedding = tf.keras.layers.Embedding(len(EVENT_TYPES) + 1, event_dim)
         self.event_projection = tf.keras.layers.Dense(event_dim, activation="relu")
         # Layers of switched-off parts are not created: no untrained weights in the export.
         self.category_state = tf.keras.layers.Dense(interest_dim, activation="relu") if use_categories else None
         self.item_update = self._category_round() if use_categories else None
+        self.event_context_input = tf.keras.layers.Dense(interest_dim) if event_context_blocks else None
+        self.event_context = (
+            EventContext(interest_dim, attention_heads, event_context_blocks, event_context_dropout)
+            if event_context_blocks
+            else None
+        )
         self.memory_readout = MemoryReadout(num_interests * interest_dim) if use_memory else None
         self.user_updates = [
             self._user_round(num_interests * interest_dim if r == message_passing_rounds - 1 else interest_dim)
@@ -203,12 +220,34 @@ class InterestEncoder(tf.keras.layers.Layer):
         )
         if self.use_categories:
             graph = self.item_update(graph)
+        if self.event_context is not None:
+            graph = self._events_in_context(graph, latest_event=tf.equal(events[g.EVENT_RECENCY], 0))
         for user_update in self.user_updates:
             graph = user_update(graph)
         state = graph.node_sets[g.USER][tfgnn.HIDDEN_STATE]
         if self.use_memory:
             state += self.memory_readout(memory)
         return tf.reshape(state, [-1, self.num_interests, self.interest_dim]), memory
+
+    def _events_in_context(self, graph: tfgnn.GraphTensor, latest_event: tf.Tensor) -> tfgnn.GraphTensor:
+        """Replaces event states by their in-window context and starts each user from its latest event.
+
+        Args:
+          graph: with item and event hidden states.
+          latest_event: [num_events] bool, the most recent event of each window.
+        """
+        events = graph.edge_sets[g.EVENT]
+        adjacency = events.adjacency
+        item_states = tf.gather(graph.node_sets[g.ITEM][tfgnn.HIDDEN_STATE], adjacency.source)
+        event_states = self.event_context_input(tf.concat([item_states, events[tfgnn.HIDDEN_STATE]], axis=1))
+        num_users = graph.node_sets[g.USER].total_size
+        in_context = self.event_context(event_states, adjacency.target, num_users)
+        latest = tf.cast(latest_event, in_context.dtype)[:, None]
+        user_states = tf.math.unsorted_segment_sum(in_context * latest, adjacency.target, num_users)
+        return graph.replace_features(
+            node_sets={g.USER: {tfgnn.HIDDEN_STATE: user_states}},
+            edge_sets={g.EVENT: {tfgnn.HIDDEN_STATE: in_context}},
+        )
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
@@ -222,5 +261,7 @@ class InterestEncoder(tf.keras.layers.Layer):
             use_time=self.use_time,
             message_passing_rounds=self.message_passing_rounds,
             use_memory=self.use_memory,
+            event_context_blocks=self.event_context_blocks,
+            event_context_dropout=self.event_context_dropout,
         )
         return config

@@ -88,6 +88,8 @@ class InterestModel(tf.keras.Model):
       use_time: event time encoding (ablation switch).
       message_passing_rounds: attention rounds from events to the user.
       use_memory: the long-term memory adds to the interest vectors.
+      event_context_blocks: event <-> event attention blocks within the window.
+      event_context_dropout: dropout of those blocks while training.
     """
 
     def __init__(
@@ -102,6 +104,8 @@ class InterestModel(tf.keras.Model):
         use_time: bool = True,
         message_passing_rounds: int = 1,
         use_memory: bool = True,
+        event_context_blocks: int = 0,
+        event_context_dropout: float = 0.2,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -115,6 +119,8 @@ class InterestModel(tf.keras.Model):
         self.use_time = use_time
         self.message_passing_rounds = message_passing_rounds
         self.use_memory = use_memory
+        self.event_context_blocks = event_context_blocks
+        self.event_context_dropout = event_context_dropout
         self.encoder = InterestEncoder(
             item_tower,
             interest_dim,
@@ -125,6 +131,8 @@ class InterestModel(tf.keras.Model):
             use_time=use_time,
             message_passing_rounds=message_passing_rounds,
             use_memory=use_memory,
+            event_context_blocks=event_context_blocks,
+            event_context_dropout=event_context_dropout,
         )
         self.loss_tracker = tf.keras.metrics.Mean(name="loss")
 
@@ -245,6 +253,8 @@ class InterestModel(tf.keras.Model):
             "use_time": self.use_time,
             "message_passing_rounds": self.message_passing_rounds,
             "use_memory": self.use_memory,
+            "event_context_blocks": self.event_context_blocks,
+            "event_context_dropout": self.event_context_dropout,
         }
 
 

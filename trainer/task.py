@@ -134,6 +134,8 @@ def build_model(
         use_time=config.use_time,
         message_passing_rounds=config.message_passing_rounds,
         use_memory=config.use_memory,
+        event_context_blocks=config.event_context_blocks,
+        event_context_dropout=config.event_context_dropout,
     )
 
 
