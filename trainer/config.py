@@ -31,6 +31,10 @@ class TrainerConfig:
       learning_rate: Adam learning rate.
       num_sampled: negatives per step of the sampled-softmax loss; 0 means the
         exact softmax over the whole catalog (affordable for small catalogs).
+      learning_rate_plateau_factor: the learning rate is multiplied by this
+        after an epoch whose validation NDCG@10 is not the best so far
+        (1.0: constant rate); a smaller step near the optimum makes the
+        restored best epoch depend less on where the last big step landed.
       early_stopping_patience: epochs without a better validation NDCG@10
         (full ranking, seen items excluded) before training stops; the best
         epoch's weights are restored.
@@ -81,6 +85,7 @@ class TrainerConfig:
     batch_size: int = 256
     learning_rate: float = 2e-3
     num_sampled: int = 256
+    learning_rate_plateau_factor: float = 1.0
     early_stopping_patience: int = 3
     text_sequence_length: int = 48
     seed: int = 7
@@ -107,6 +112,8 @@ class TrainerConfig:
             raise ValueError("text_finetune_layers must be >= 0")
         if self.text_finetune_layers and not self.use_text:
             raise ValueError("text_finetune_layers needs use_text")
+        if not 0.0 < self.learning_rate_plateau_factor <= 1.0:
+            raise ValueError("learning_rate_plateau_factor must be in (0, 1]")
         if self.event_context_blocks < 0:
             raise ValueError("event_context_blocks must be >= 0")
         if not 0.0 <= self.event_context_dropout < 1.0:

@@ -65,7 +65,9 @@ class EventContext(tf.keras.layers.Layer):
         Returns:
           [num_events, width], in the order of `event_states`.
         """
-        windows = tf.RaggedTensor.from_value_rowids(event_states, tf.cast(owners, tf.int64), nrows=num_windows)
+        windows = tf.RaggedTensor.from_value_rowids(
+            event_states, tf.cast(owners, tf.int64), nrows=tf.cast(num_windows, tf.int64)
+        )
         states = windows.to_tensor()
         present = tf.sequence_mask(windows.row_lengths(), tf.shape(states)[1])
         attention_mask = present[:, :, None] & present[:, None, :]

@@ -206,6 +206,15 @@ def train(inputs: TrainingInputs, config: TrainerConfig) -> dict[str, Any]:
             _RefreshTextTable(),
             ValidationRanking(inputs.eval_files),
             _EpochLog(),
+            *(
+                [
+                    tf.keras.callbacks.ReduceLROnPlateau(
+                        monitor=VALIDATION_METRIC, mode="max", factor=config.learning_rate_plateau_factor, patience=1
+                    )
+                ]
+                if config.learning_rate_plateau_factor < 1.0
+                else []
+            ),
             tf.keras.callbacks.EarlyStopping(
                 monitor=VALIDATION_METRIC,
                 mode="max",
