@@ -85,7 +85,7 @@ class TrainerConfig:
     batch_size: int = 256
     learning_rate: float = 2e-3
     num_sampled: int = 256
-    learning_rate_plateau_factor: float = 1.0
+    learning_rate_plateau_factor: float = 0.3
     early_stopping_patience: int = 3
     text_sequence_length: int = 48
     seed: int = 7
@@ -95,7 +95,7 @@ class TrainerConfig:
     co_interaction_neighbours: int = 0
     message_passing_rounds: int = 1
     use_memory: bool = True
-    event_context_blocks: int = 0
+    event_context_blocks: int = 1
     event_context_dropout: float = 0.2
     text_finetune_layers: int = 0
     text_learning_rate: float = 5e-5

@@ -52,7 +52,9 @@ class EventContext(tf.keras.layers.Layer):
         self.output_norm = tf.keras.layers.LayerNormalization(epsilon=1e-6)
         self.output_dropout = tf.keras.layers.Dropout(dropout)
 
-    def call(self, event_states: tf.Tensor, owners: tf.Tensor, num_windows: tf.Tensor, training: Any = None) -> tf.Tensor:
+    def call(
+        self, event_states: tf.Tensor, owners: tf.Tensor, num_windows: tf.Tensor, training: Any = None
+    ) -> tf.Tensor:
         """Event states in the context of their windows.
 
         Args:

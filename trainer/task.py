@@ -158,12 +158,33 @@ class _EpochLog(tf.keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs or {}
+        # ReduceLROnPlateau, when used, runs before this and logs the rate of the next epoch.
+        next_rate = f" next_lr={float(logs['lr']):.2g}" if "lr" in logs else ""
         print(
             f"[trainer] epoch {epoch + 1}: loss={logs.get('loss', float('nan')):.4f} "
             f"val_loss={logs.get('val_loss', float('nan')):.4f} "
-            f"{VALIDATION_METRIC}={logs.get(VALIDATION_METRIC, float('nan')):.4f} ({time.time() - self._start:.0f}s)",
+            f"{VALIDATION_METRIC}={logs.get(VALIDATION_METRIC, float('nan')):.4f}{next_rate} "
+            f"({time.time() - self._start:.0f}s)",
             flush=True,
         )
+
+
+def _training_callbacks(inputs: TrainingInputs, config: TrainerConfig) -> list[tf.keras.callbacks.Callback]:
+    """Validation ranking first: the learning-rate and stopping rules read its `val_ndcg@10`."""
+    callbacks = [_RefreshTextTable(), ValidationRanking(inputs.eval_files)]
+    if config.learning_rate_plateau_factor < 1.0:
+        callbacks.append(
+            tf.keras.callbacks.ReduceLROnPlateau(
+                monitor=VALIDATION_METRIC, mode="max", factor=config.learning_rate_plateau_factor, patience=1
+            )
+        )
+    callbacks += [
+        _EpochLog(),
+        tf.keras.callbacks.EarlyStopping(
+            monitor=VALIDATION_METRIC, mode="max", patience=config.early_stopping_patience, restore_best_weights=True
+        ),
+    ]
+    return callbacks
 
 
 def train(inputs: TrainingInputs, config: TrainerConfig) -> dict[str, Any]:
@@ -202,26 +223,7 @@ def train(inputs: TrainingInputs, config: TrainerConfig) -> dict[str, Any]:
         validation_data=eval_ds,
         epochs=config.epochs,
         verbose=0,
-        callbacks=[
-            _RefreshTextTable(),
-            ValidationRanking(inputs.eval_files),
-            _EpochLog(),
-            *(
-                [
-                    tf.keras.callbacks.ReduceLROnPlateau(
-                        monitor=VALIDATION_METRIC, mode="max", factor=config.learning_rate_plateau_factor, patience=1
-                    )
-                ]
-                if config.learning_rate_plateau_factor < 1.0
-                else []
-            ),
-            tf.keras.callbacks.EarlyStopping(
-                monitor=VALIDATION_METRIC,
-                mode="max",
-                patience=config.early_stopping_patience,
-                restore_best_weights=True,
-            ),
-        ],
+        callbacks=_training_callbacks(inputs, config),
     )
     fit_s = time.time() - start
     warmup = [x.numpy() for x in tf.data.TFRecordDataset(tf.io.gfile.glob(inputs.eval_files[0]), "GZIP").take(2)]
@@ -250,6 +252,8 @@ def plot_history(history: dict[str, list[float]], path: str) -> None:
     labels = {"loss": "train (sampled softmax)", "val_loss": "validation (full softmax)"}
     fig, (losses, ranking) = plt.subplots(1, 2, figsize=(10, 3.6))
     for name, values in history.items():
+        if name not in labels and not name.startswith("val_"):
+            continue  # e.g. the learning rate, on another scale
         axis = losses if name in labels else ranking
         axis.plot(range(1, len(values) + 1), values, marker="o", label=labels.get(name, name))
     losses.set_ylabel("next-item loss")

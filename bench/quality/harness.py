@@ -94,7 +94,16 @@ _INTEREST_GRAPH = "this project's model: frozen BERT item text + TF-GNN message 
 _INTEREST_QUICK = {"epochs": 1}
 # The model and its ablations, each trained with the pipeline's own code (TrainerConfig overrides).
 for _name, _config, _what in (
-    ("interest_graph", {}, " (defaults: one event -> user attention round, long-term memory, no item <-> item round)"),
+    (
+        "interest_graph",
+        {},
+        " (defaults: event <-> event attention in the window, one event -> user attention round, long-term memory)",
+    ),
+    (
+        "interest_graph_no_event_context",
+        {"event_context_blocks": 0},
+        " without the event <-> event attention: events pooled into the user one by one",
+    ),
     (
         "interest_graph_co_interactions",
         {"co_interaction_neighbours": 10},

@@ -156,13 +156,22 @@ class NewEvents:
         self._last_time[user] += 60
         self._count += 1
         return Event(
-            user, item, "rating", self._last_time[user], float(self._rng.randint(1, 5)), "",
+            user,
+            item,
+            "rating",
+            self._last_time[user],
+            float(self._rng.randint(1, 5)),
+            "",
             f"bench-{self._tag}-{self._count}",
         )
 
 
 def client_calls(
-    client: InterestClient, stub: Any, users: Sequence[str], inputs: Mapping[str, UserInputs], new_events: NewEvents,
+    client: InterestClient,
+    stub: Any,
+    users: Sequence[str],
+    inputs: Mapping[str, UserInputs],
+    new_events: NewEvents,
     timeout_s: float,
 ) -> dict[str, Callable[[int], None]]:
     """One callable per client workload; call i works on user i modulo the share.
