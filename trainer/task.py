@@ -158,12 +158,12 @@ class _EpochLog(tf.keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs or {}
-        # ReduceLROnPlateau, when used, runs before this and logs the rate of the next epoch.
-        next_rate = f" next_lr={float(logs['lr']):.2g}" if "lr" in logs else ""
+        # ReduceLROnPlateau, when used, runs before this and logs the rate this epoch trained with.
+        rate = f" lr={float(logs['lr']):.2g}" if "lr" in logs else ""
         print(
             f"[trainer] epoch {epoch + 1}: loss={logs.get('loss', float('nan')):.4f} "
             f"val_loss={logs.get('val_loss', float('nan')):.4f} "
-            f"{VALIDATION_METRIC}={logs.get(VALIDATION_METRIC, float('nan')):.4f}{next_rate} "
+            f"{VALIDATION_METRIC}={logs.get(VALIDATION_METRIC, float('nan')):.4f}{rate} "
             f"({time.time() - self._start:.0f}s)",
             flush=True,
         )

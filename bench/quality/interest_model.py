@@ -29,6 +29,7 @@ from schemas.events import Item
 from schemas.graph import encode_interest_subgraph
 from trainer.config import TrainerConfig
 from trainer.task import TrainingInputs, train
+from trainer.validation_ranking import VALIDATION_METRIC
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TEXT_CACHE_DIR = os.path.join(_REPO, ".cache", "cache")
@@ -102,12 +103,17 @@ class InterestGraphModel:
         self._params = int(result["params"])
         history = result["history"]
         losses = history.get("val_loss", [])
+        ranking = history.get(VALIDATION_METRIC, [])
         return FitInfo(
             train_s=time.time() - start,
             params=self._params,
             epochs=len(losses),
-            best_epoch=int(np.argmin(losses)) + 1 if losses else None,
-            history=[{"epoch": i + 1, "loss": history["loss"][i], "val_loss": v} for i, v in enumerate(losses)],
+            # The epoch early stopping restored: the best validation NDCG@10, not the lowest loss.
+            best_epoch=int(np.argmax(ranking)) + 1 if ranking else None,
+            history=[
+                {"epoch": i + 1, "loss": history["loss"][i], "val_loss": v, VALIDATION_METRIC: ranking[i]}
+                for i, v in enumerate(losses)
+            ],
         )
 
     def rank(self, points: Sequence[PredictionPoint], k: int = 20) -> list[list[str]]:
