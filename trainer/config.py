@@ -22,7 +22,8 @@ class TrainerConfig:
       interest_dim: width of item vectors and of the interest state (fixed by
         the serving contract).
       event_dim: width of the event (edge) representation.
-      attention_heads: heads of the GATv2 attention from events to the user.
+      attention_heads: heads of the event <-> event attention and of the GATv2
+        attention from events to the user.
       category_dim: width of category embeddings.
       num_interests: interest vectors per user; an item scores by its best
         match (1 = the single-interest ablation).
@@ -36,7 +37,7 @@ class TrainerConfig:
         (1.0: constant rate); a smaller step near the optimum makes the
         restored best epoch depend less on where the last big step landed
         (with event context, test NDCG@10 0.1080 +- 0.0070 against
-        0.1014 +- 0.0043 at a constant rate, 3 seeds each).
+        0.1013 +- 0.0043 at a constant rate, 3 seeds each).
       early_stopping_patience: epochs without a better validation NDCG@10
         (full ranking, seen items excluded) before training stops; the best
         epoch's weights are restored.
@@ -67,8 +68,8 @@ class TrainerConfig:
       event_context_blocks: blocks of event <-> event self-attention within
         the window before events are pooled into the user (0: events are
         pooled independently). With the plateau decay below, on MovieLens-100k
-        test NDCG@10 0.1080 +- 0.0070 with one block against 0.1039 / 0.0991
-        / (see bench/quality) without (3 seeds each).
+        test NDCG@10 0.1080 +- 0.0070 with one block against 0.0994 +- 0.0044
+        without (3 seeds each, bench/quality).
       event_context_dropout: dropout of those blocks while training.
       text_finetune_layers: top BERT layers trained jointly with the model,
         run on the unique items of each batch (`FineTunedText`); 0 (CPU

@@ -105,6 +105,11 @@ for _name, _config, _what in (
         " without the event <-> event attention: events pooled into the user one by one",
     ),
     (
+        "interest_graph_constant_learning_rate",
+        {"learning_rate_plateau_factor": 1.0},
+        " without the learning-rate decay on validation plateaus",
+    ),
+    (
         "interest_graph_co_interactions",
         {"co_interaction_neighbours": 10},
         " plus an item <-> item round over 10 co-interaction neighbours per item",
