@@ -73,9 +73,11 @@ class InterestEncoder(tf.keras.layers.Layer):
       num_interests: interest vectors per user.
       event_dim: width of the event (edge) representation.
       attention_heads: GATv2 heads (interest_dim must be divisible by it).
-      use_categories: run the category -> item round (off: sequence-only ablation).
+      use_categories: run the category -> item round.
       use_time: give events their time encoding (off: no-time ablation).
-      message_passing_rounds: user <- events rounds (at least 1).
+      message_passing_rounds: user <- events rounds; 0 (with event context)
+        is the sequence-only ablation: the latest event's contextual state,
+        projected, is the user's state (no graph attention pooling).
       use_memory: add the long-term memory's readout to the interest vectors.
       event_context_blocks: event <-> event attention blocks (0: none).
       event_context_dropout: dropout of those blocks while training.
@@ -121,6 +123,12 @@ class InterestEncoder(tf.keras.layers.Layer):
             else None
         )
         self.memory_readout = MemoryReadout(num_interests * interest_dim) if use_memory else None
+        if message_passing_rounds == 0 and not event_context_blocks:
+            raise ValueError("message_passing_rounds=0 needs event_context_blocks: the user state is the latest event's")
+        # Without a user round the latest event's contextual state is the interest state (sequence only).
+        self.sequence_readout = (
+            tf.keras.layers.Dense(num_interests * interest_dim) if message_passing_rounds == 0 else None
+        )
         self.user_updates = [
             self._user_round(num_interests * interest_dim if r == message_passing_rounds - 1 else interest_dim)
             for r in range(message_passing_rounds)
@@ -225,6 +233,8 @@ class InterestEncoder(tf.keras.layers.Layer):
         for user_update in self.user_updates:
             graph = user_update(graph)
         state = graph.node_sets[g.USER][tfgnn.HIDDEN_STATE]
+        if self.sequence_readout is not None:
+            state = self.sequence_readout(state)
         if self.use_memory:
             state += self.memory_readout(memory)
         return tf.reshape(state, [-1, self.num_interests, self.interest_dim]), memory

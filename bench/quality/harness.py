@@ -119,6 +119,12 @@ for _name, _config, _what in (
     ("interest_graph_no_text", {"use_text": False}, " without the BERT text view of items"),
     ("interest_graph_no_time", {"use_time": False}, " without the event time encoding"),
     ("interest_graph_no_memory", {"use_memory": False}, " without the long-term memory of older events"),
+    (
+        "interest_graph_sequence_only",
+        {"message_passing_rounds": 0, "use_memory": False},
+        " as a sequence model only: the latest event's in-window context is the user's state"
+        " (no event -> user graph attention, no long-term memory)",
+    ),
     ("interest_graph_4_interests", {"num_interests": 4}, " with four interest vectors instead of one"),
 ):
     REGISTRY[_name] = ModelSpec(

@@ -190,3 +190,26 @@ def test_a_late_event_forces_a_full_recomputation(trained: dict) -> None:
     late = Event("late", synthetic.item_id(20), "view", 2_000_000 + 300, 1.0, "", "l-late")
     *_, plan = _interest_call(loaded, [*history, late], history[-1].timestamp + 2, checkpoint)
     assert plan.prior_memory is None and late in plan.remembered
+
+
+def test_sequence_only_ablation_reads_the_window_without_graph_attention(tmp_path) -> None:
+    with pytest.raises(ValueError, match="event_context_blocks"):
+        TrainerConfig(message_passing_rounds=0, event_context_blocks=0)
+    paths = synthetic.make_dataset(str(tmp_path))
+    entries = read_catalog(paths["catalog"])
+    config = TrainerConfig(
+        epochs=6, batch_size=64, num_sampled=8, learning_rate=1e-2, message_passing_rounds=0, use_memory=False
+    )
+    tf.keras.utils.set_random_seed(1)
+    model = build_model(entries, synthetic.random_text_vectors(len(entries)), config)
+    model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
+    train = training_dataset([paths["train"]], config.batch_size, shuffle=True, seed=1)
+    model(next(iter(train))[0])
+    assert not [w.name for w in model.weights if "gat" in w.name.lower()]
+    model.fit(train, epochs=config.epochs, verbose=0)
+    export_dir = os.path.join(str(tmp_path), "export", "1")
+    warmup = [x.numpy() for x in tf.data.TFRecordDataset([paths["eval"]], "GZIP").take(1)]
+    export_serving_model(model, export_dir, warmup)
+    result = evaluate(export_dir, [paths["test"]], paths["catalog"])
+    # The next item is the successor of the latest one: the latest event's contextual state suffices.
+    assert result["model"]["mrr@10"] > 0.5, result
