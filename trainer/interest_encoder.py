@@ -124,7 +124,7 @@ class InterestEncoder(tf.keras.layers.Layer):
         )
         self.memory_readout = MemoryReadout(num_interests * interest_dim) if use_memory else None
         if message_passing_rounds == 0 and not event_context_blocks:
-            raise ValueError("message_passing_rounds=0 needs event_context_blocks: the user state is the latest event's")
+            raise ValueError("message_passing_rounds=0 needs event_context_blocks (the latest event's state)")
         # Without a user round the latest event's contextual state is the interest state (sequence only).
         self.sequence_readout = (
             tf.keras.layers.Dense(num_interests * interest_dim) if message_passing_rounds == 0 else None
