@@ -151,8 +151,10 @@ def test_client_records_events_and_recommends_over_grpc(server: str, pipeline_ru
 def test_cli_record_and_recommend(server: str, pipeline_run: dict, tmp_path) -> None:
     events = tmp_path / "new.jsonl"
     events.write_text(
-        json.dumps({"user_id": "cli-user", "item_id": "1", "event_type": "purchase", "timestamp": 100}) + "\n"
-        + json.dumps({"user_id": "cli-user", "item_id": "1", "event_type": "sneeze", "timestamp": 101}) + "\n"
+        json.dumps({"user_id": "cli-user", "item_id": "1", "event_type": "purchase", "timestamp": 100})
+        + "\n"
+        + json.dumps({"user_id": "cli-user", "item_id": "1", "event_type": "sneeze", "timestamp": 101})
+        + "\n"
     )
     store = str(tmp_path / "cli.sqlite")
     common = ["--target", server, "--store", store, "--model-name", pipeline_run["config"].model_name]

@@ -114,9 +114,7 @@ class TinyInterestModel(tf.Module):
     def _interest(self, subgraph: tf.Tensor) -> dict[str, tf.Tensor]:
         rows = tf.strings.to_hash_bucket_fast(subgraph, len(self.item_ids.numpy()))
         batch = tf.shape(subgraph)[0]
-        no_memory = tf.concat(
-            [tf.zeros([batch, s.INTEREST_DIM]), tf.fill([batch, 1], s.NO_MEMORY_LOG_MASS)], axis=1
-        )
+        no_memory = tf.concat([tf.zeros([batch, s.INTEREST_DIM]), tf.fill([batch, 1], s.NO_MEMORY_LOG_MASS)], axis=1)
         return {
             s.INTEREST_STATE: tf.gather(self.item_vectors, rows)[:, None, :],
             s.LONG_TERM_MEMORY: no_memory,

@@ -81,7 +81,7 @@ def test_read_events_csv_reports_file_and_line_and_keeps_good_rows(tmp_path) -> 
         "user_id,item_id,event_type,timestamp,value,text,event_id\n"
         "u1,i1,view,100,,,\n"
         "u1,i2,like,101,,,\n"
-        "u2,i1,rating,102,5,\"great, really\",e3\n"
+        'u2,i1,rating,102,5,"great, really",e3\n'
         "u2,i1,rating\n"
         ",i9,view,103,,,\n"
     )

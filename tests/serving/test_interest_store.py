@@ -35,7 +35,7 @@ def test_event_identity_is_per_user(store: InterestStore) -> None:
 
 
 def test_events_round_trip_exactly(store: InterestStore) -> None:
-    event = Event("ü:{1}*", "item/ß", "review", 1_700_000_000, 4.25, "naïve, \"quoted\"\nline\x00nul", "e:1")
+    event = Event("ü:{1}*", "item/ß", "review", 1_700_000_000, 4.25, 'naïve, "quoted"\nline\x00nul', "e:1")
     store.add_events([event])
     assert store.user_events("ü:{1}*") == [event]
 

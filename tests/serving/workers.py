@@ -15,9 +15,7 @@ from schemas.events import Event
 from tests.serving.backends import StoreSpec
 
 
-def run_in_processes(
-    worker: Callable[..., Any], *args: Any, processes: int = 2, timeout_s: float = 300.0
-) -> list[Any]:
+def run_in_processes(worker: Callable[..., Any], *args: Any, processes: int = 2, timeout_s: float = 300.0) -> list[Any]:
     """Runs `worker(*args, name, start, results)` in `processes` spawned processes at once; returns their results.
 
     `start` is a barrier all pass after their (slow) imports and setup, so
