@@ -110,6 +110,11 @@ for _name, _config, _what in (
         " without the learning-rate decay on validation plateaus",
     ),
     (
+        "interest_graph_exact_softmax",
+        {"num_sampled": 0},
+        " trained with the exact softmax over the whole catalog instead of 256 sampled negatives",
+    ),
+    (
         "interest_graph_co_interactions",
         {"co_interaction_neighbours": 10},
         " plus an item <-> item round over 10 co-interaction neighbours per item",
