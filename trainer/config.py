@@ -31,7 +31,9 @@ class TrainerConfig:
       batch_size: prediction points per step.
       learning_rate: Adam learning rate.
       num_sampled: negatives per step of the sampled-softmax loss; 0 means the
-        exact softmax over the whole catalog (affordable for small catalogs).
+        exact softmax over the whole catalog (affordable for small catalogs;
+        on MovieLens-100k level with 256 negatives: validation NDCG@10
+        0.1191 against 0.1202, test 0.1094 against 0.1080, 3 seeds each).
       learning_rate_plateau_factor: the learning rate is multiplied by this
         after an epoch whose validation NDCG@10 is not the best so far
         (1.0: constant rate); a smaller step near the optimum makes the
@@ -59,7 +61,9 @@ class TrainerConfig:
         the second round on, the user's state so far is the attention query.
         0 with event context is the sequence-only ablation: the latest event's
         contextual state is the user's (a SASRec-like read of the window, no
-        attention pooling over the graph). Default 1: on MovieLens-100k a second round measured no better
+        attention pooling over the graph); with no memory as well it measured
+        test NDCG@10 0.0996 +- 0.0049 against the default's 0.1080 +- 0.0070
+        (3 seeds each, bench/quality). Default 1: on MovieLens-100k a second round measured no better
         (test NDCG@10 0.1021 vs 0.1026, seed 0, bench/quality) and learned a
         synthetic next-item rule more slowly. Item vectors already carry one
         round of item <- co-interaction/category messages (`ItemTower`), so
