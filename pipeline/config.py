@@ -60,5 +60,10 @@ class PipelineConfig:
         return os.path.join(self.output_dir, "models", self.model_name)
 
     @property
+    def scratch_dir(self) -> str:
+        """A run's temporary files (Beam's and TFX's), removed when the run ends."""
+        return os.path.join(self.output_dir, "scratch")
+
+    @property
     def rejected_events_path(self) -> str:
         return os.path.join(self.output_dir, "rejected_events.jsonl")

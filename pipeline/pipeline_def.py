@@ -1,7 +1,7 @@
 """The TFX pipeline definition (runner-independent).
 
-    EventExampleGen -> StatisticsGen -> ImportSchemaGen -> ExampleValidator
-      -> GraphBuilder -> Trainer -> RankingEvaluator (vs. last blessed) -> Pusher
+EventExampleGen -> StatisticsGen -> ImportSchemaGen -> ExampleValidator
+  -> GraphBuilder -> Trainer -> RankingEvaluator (vs. last blessed) -> Pusher
 """
 
 from __future__ import annotations
@@ -84,9 +84,7 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
             evaluator,
             pusher,
         ],
-        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-            config.metadata_path
-        ),
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path),
         beam_pipeline_args=list(config.beam_pipeline_args),
         enable_cache=False,
     )

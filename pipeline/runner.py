@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -47,6 +51,24 @@ def _latest_artifact_uri(store: metadata_store.MetadataStore, type_name: str) ->
     return max(artifacts, key=lambda a: a.id).uri
 
 
+@contextlib.contextmanager
+def _run_scratch(path: str) -> Iterator[None]:
+    """Points this process's temporary files at `path` and removes it afterwards.
+
+    Every Beam-based component repackages the installed TFX into a ~50 MB
+    sdist under the temporary directory (for remote Beam workers) and never
+    deletes it; a few pipeline runs a day would fill the disk.
+    """
+    os.makedirs(path, exist_ok=True)
+    previous = tempfile.tempdir
+    tempfile.tempdir = path
+    try:
+        yield
+    finally:
+        tempfile.tempdir = previous
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def run_pipeline(config: PipelineConfig) -> PipelineRun:
     """Runs the whole pipeline once, in this process.
 
@@ -59,7 +81,8 @@ def run_pipeline(config: PipelineConfig) -> PipelineRun:
     os.makedirs(config.output_dir, exist_ok=True)
     started = time.time()
     print(f"[pipeline] running {config.pipeline_name} (root {config.pipeline_root})", flush=True)
-    tfx.orchestration.LocalDagRunner().run(create_pipeline(config))
+    with _run_scratch(config.scratch_dir):
+        tfx.orchestration.LocalDagRunner().run(create_pipeline(config))
     print(f"[pipeline] finished in {time.time() - started:.0f}s", flush=True)
     connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)
     with metadata.Metadata(connection) as m:
@@ -74,9 +97,7 @@ def run_pipeline(config: PipelineConfig) -> PipelineRun:
             ) / 1000
         evaluation_uri = _latest_artifact_uri(store, "ModelEvaluation")
         training_run_dir = _latest_artifact_uri(store, "ModelRun")
-        graph_examples_uri = [
-            a.uri for a in store.get_artifacts_by_type("Examples") if "GraphBuilder" in a.uri
-        ][-1]
+        graph_examples_uri = [a.uri for a in store.get_artifacts_by_type("Examples") if "GraphBuilder" in a.uri][-1]
         pushed = store.get_artifacts_by_type("PushedModel")
         pushed_dir = None
         if pushed:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import grpc
 import pytest
@@ -32,7 +34,14 @@ def pipeline_run(tmp_path_factory: pytest.TempPathFactory, movielens_slice: dict
         output_dir=output,
         trainer={"epochs": 2, "batch_size": 128},
     )
-    return {"config": config, "run": run_pipeline(config)}
+    packaged_before = set(_packaged_tfx_copies())
+    run = run_pipeline(config)
+    return {"config": config, "run": run, "packaged_by_run": set(_packaged_tfx_copies()) - packaged_before}
+
+
+def _packaged_tfx_copies() -> list[str]:
+    """The sdists of TFX that Beam-based components build under the temporary directory."""
+    return glob.glob(os.path.join(tempfile.gettempdir(), "*", "build", "tfx", "dist", "*.tar.gz"))
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +52,11 @@ def server(pipeline_run: dict):
     yield f"127.0.0.1:{port}"
     process.terminate()
     process.wait(timeout=30)
+
+
+def test_pipeline_run_leaves_no_temporary_files_behind(pipeline_run: dict):
+    assert pipeline_run["packaged_by_run"] == set()
+    assert not os.path.exists(pipeline_run["config"].scratch_dir)
 
 
 def test_pipeline_rejects_bad_rows_with_file_and_line_and_keeps_the_rest(pipeline_run: dict, movielens_slice: dict):

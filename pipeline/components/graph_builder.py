@@ -222,9 +222,7 @@ def _catalog_entries(items_path: str, counts_path: str, pairs_path: str) -> list
     # Items that occur in events but not in the catalog still get an entry
     # (no text, no categories) so the model can learn them from behaviour.
     extra = [Item(item_id, "", "", ()) for item_id in sorted(counts) if item_id not in known]
-    return [
-        CatalogEntry(item, counts.get(item.item_id, 0), neighbours.get(item.item_id, ())) for item in items + extra
-    ]
+    return [CatalogEntry(item, counts.get(item.item_id, 0), neighbours.get(item.item_id, ())) for item in items + extra]
 
 
 class GraphBuilderSpec(types.ComponentSpec):

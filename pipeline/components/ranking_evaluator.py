@@ -124,12 +124,8 @@ class RankingEvaluatorExecutor(base_executor.BaseExecutor):
         blessing.set_int_custom_property(eval_constants.ARTIFACT_PROPERTY_CURRENT_MODEL_ID_KEY, model.id)
         blessing.set_string_custom_property(eval_constants.ARTIFACT_PROPERTY_CURRENT_MODEL_URI_KEY, model.uri)
         if baselines:
-            blessing.set_int_custom_property(
-                eval_constants.ARTIFACT_PROPERTY_BASELINE_MODEL_ID_KEY, baselines[0].id
-            )
-        with tf.io.gfile.GFile(
-            os.path.join(blessing.uri, "BLESSED" if blessed else "NOT_BLESSED"), "w"
-        ) as f:
+            blessing.set_int_custom_property(eval_constants.ARTIFACT_PROPERTY_BASELINE_MODEL_ID_KEY, baselines[0].id)
+        with tf.io.gfile.GFile(os.path.join(blessing.uri, "BLESSED" if blessed else "NOT_BLESSED"), "w") as f:
             f.write(json.dumps({BLESSING_METRIC: value, "baseline": baseline_value}))
         print(
             f"[evaluator] {split}: {BLESSING_METRIC}={value:.4f} (popularity "

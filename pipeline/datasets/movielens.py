@@ -27,9 +27,10 @@ def convert_movielens_100k(source_dir: str, output_dir: str) -> tuple[str, str]:
     os.makedirs(output_dir, exist_ok=True)
     events_path = os.path.join(output_dir, "events.csv")
     items_path = os.path.join(output_dir, "items.csv")
-    with open(os.path.join(source_dir, "ml-100k.inter"), encoding="utf-8") as src, open(
-        events_path, "w", newline="", encoding="utf-8"
-    ) as dst:
+    with (
+        open(os.path.join(source_dir, "ml-100k.inter"), encoding="utf-8") as src,
+        open(events_path, "w", newline="", encoding="utf-8") as dst,
+    ):
         rows = csv.reader(src, delimiter="\t")
         header = [h.split(":")[0] for h in next(rows)]
         writer = csv.DictWriter(dst, fieldnames=EVENT_FIELDS)
@@ -47,9 +48,10 @@ def convert_movielens_100k(source_dir: str, output_dir: str) -> tuple[str, str]:
                     "event_id": f"ml100k-{number}",
                 }
             )
-    with open(os.path.join(source_dir, "ml-100k.item"), encoding="latin-1") as src, open(
-        items_path, "w", newline="", encoding="utf-8"
-    ) as dst:
+    with (
+        open(os.path.join(source_dir, "ml-100k.item"), encoding="latin-1") as src,
+        open(items_path, "w", newline="", encoding="utf-8") as dst,
+    ):
         rows = csv.reader(src, delimiter="\t")
         header = [h.split(":")[0] for h in next(rows)]
         writer = csv.DictWriter(dst, fieldnames=ITEM_FIELDS)
