@@ -97,7 +97,13 @@ for _name, _config, _what in (
     (
         "interest_graph",
         {},
-        " (defaults: event <-> event attention in the window, one event -> user attention round, long-term memory)",
+        " (defaults: event <-> event attention in the window, one event -> user attention round, long-term memory,"
+        " 1024 sampled negatives)",
+    ),
+    (
+        "interest_graph_256_negatives",
+        {"num_sampled": 256},
+        " with 256 sampled negatives (the default until the tuning grid chose 1024 on validation)",
     ),
     (
         "interest_graph_no_event_context",
@@ -112,7 +118,7 @@ for _name, _config, _what in (
     (
         "interest_graph_exact_softmax",
         {"num_sampled": 0},
-        " trained with the exact softmax over the whole catalog instead of 256 sampled negatives",
+        " trained with the exact softmax over the whole catalog instead of 1024 sampled negatives",
     ),
     (
         "interest_graph_co_interactions",
