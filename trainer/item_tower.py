@@ -51,10 +51,6 @@ class ItemTower(tf.keras.layers.Layer):
         `text_table`: a training step recomputes only the rows of its batch's
         items (`all_item_vectors(fresh_items=...)`), the other rows are from the
         last `refresh_text_table()`.
-      id_dropout: in training, the probability that an item's id embedding is
-        left out of its vector for a step, so the model also learns to place
-        items from text, categories and neighbours alone, as it must for items
-        with few or no training events (cold items).
     """
 
     def __init__(
@@ -68,7 +64,6 @@ class ItemTower(tf.keras.layers.Layer):
         use_text: bool = True,
         co_interactions: Sequence[Sequence[Sequence[float]]] | None = None,
         fine_tuned_text: FineTunedText | None = None,
-        id_dropout: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -79,9 +74,6 @@ class ItemTower(tf.keras.layers.Layer):
         self.output_dim = output_dim
         self.category_dim = category_dim
         self.use_text = use_text
-        if not 0.0 <= id_dropout < 1.0:
-            raise ValueError("id_dropout must be in [0, 1)")
-        self.id_dropout = id_dropout
         self.co_interactions = [[[int(j), float(w)] for j, w in row] for row in (co_interactions or [])]
         if self.text_vectors.shape[0] != len(self.item_ids):
             raise ValueError("text_vectors must have one row per item id")
@@ -164,21 +156,16 @@ class ItemTower(tf.keras.layers.Layer):
         ]
         self.text_table.assign(tf.concat(rows, axis=0))
 
-    def all_item_vectors(self, fresh_items: tf.Tensor | None = None, training: bool = False) -> tf.Tensor:
+    def all_item_vectors(self, fresh_items: tf.Tensor | None = None) -> tf.Tensor:
         """[vocabulary_size, output_dim] vectors of every item (row 0: unknown).
 
         Args:
           fresh_items: with a fine-tuned text view, the vocabulary indices
             whose text vectors are recomputed by the trainable BERT layers (so
             gradients reach them); unique indices, e.g. a training batch's items.
-          training: applies `id_dropout`.
         """
         category_vectors = tf.matmul(self._membership, self.category_embedding.embeddings)
-        id_vectors = self.id_embedding.embeddings
-        if training and self.id_dropout > 0:
-            kept = tf.random.uniform([self.vocabulary_size, 1]) >= self.id_dropout
-            id_vectors = id_vectors * tf.cast(kept, id_vectors.dtype)
-        vectors = self.category_projection(category_vectors) + id_vectors
+        vectors = self.category_projection(category_vectors) + self.id_embedding.embeddings
         if self.use_text:
             vectors += self.text_projection(self._text_vectors(fresh_items))
         if self._neighbourhood is not None:
@@ -220,6 +207,5 @@ class ItemTower(tf.keras.layers.Layer):
             use_text=self.use_text,
             co_interactions=self.co_interactions,
             fine_tuned_text=None if self.fine_tuned_text is None else tf.keras.layers.serialize(self.fine_tuned_text),
-            id_dropout=self.id_dropout,
         )
         return config

@@ -122,7 +122,6 @@ def build_model(
         use_text=config.use_text,
         co_interactions=co_interactions,
         fine_tuned_text=fine_tuned_text,
-        id_dropout=config.item_id_dropout,
     )
     return InterestModel(
         tower,
