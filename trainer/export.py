@@ -115,7 +115,14 @@ def export_serving_model(model: InterestModel, export_dir: str, warmup_subgraphs
     archive.add_endpoint(s.FOLD_INTEREST, fold_interest)
     archive.add_endpoint(s.RECOMMEND, recommend)
     archive.add_endpoint(s.SCORE, score)
-    archive.write_out(export_dir)
+    # write_out prints every endpoint's full signature to stdout; the log keeps it instead.
+    interactive = tf.keras.utils.is_interactive_logging_enabled()
+    tf.keras.utils.disable_interactive_logging()
+    try:
+        archive.write_out(export_dir)
+    finally:
+        if interactive:
+            tf.keras.utils.enable_interactive_logging()
     write_warmup_requests(export_dir, update_interest, warmup_subgraphs, tower.item_ids[:3])
 
 
