@@ -10,6 +10,8 @@ existing base path instead.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 
 from pipeline.assets import MINILM, MOVIELENS_100K, fetch
@@ -18,6 +20,7 @@ from pipeline.datasets.movielens import convert_movielens_100k
 from schemas.events import Event, Item, RejectedRecord, read_events, read_items
 from schemas.signatures import DEFAULT_MODEL_NAME
 from serving.model_loader import scan_versions
+from trainer.config import TrainerConfig
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_CACHE_DIR = os.path.join(REPO_ROOT, ".cache", "bench", "serving")
@@ -108,16 +111,20 @@ def trained_model(cache_dir: str = DEFAULT_CACHE_DIR, epochs: int | None = None)
     """The pipeline's MovieLens-100k model, trained on first use and reused afterwards.
 
     Args:
-      cache_dir: the benchmark's cache root; each epochs setting has its own
-        pipeline root there, so a reduced-epochs smoke model never stands in
-        for the real one.
+      cache_dir: the benchmark's cache root; each training configuration
+        (the TrainerConfig defaults with `epochs` applied) has its own
+        pipeline root there, so neither a reduced-epochs smoke model nor a
+        model of earlier defaults stands in for the real one.
       epochs: None trains with the TrainerConfig defaults (the real model);
         a number caps the epochs (faster, for smoke runs).
 
     Returns:
       The pushed model.
     """
-    output_dir = os.path.join(cache_dir, "pipeline-default" if epochs is None else f"pipeline-epochs{epochs}")
+    overrides = {"epochs": epochs} if epochs else {}
+    trainer_config = json.dumps(dataclasses.asdict(TrainerConfig(**overrides)), sort_keys=True)
+    digest = hashlib.sha256(trainer_config.encode()).hexdigest()[:12]
+    output_dir = os.path.join(cache_dir, f"pipeline-{'default' if epochs is None else f'epochs{epochs}'}-{digest}")
     models_dir = os.path.join(output_dir, "models", DEFAULT_MODEL_NAME)
     origin = "pipeline.runner.run_pipeline on MovieLens-100k, " + (
         "TrainerConfig defaults" if epochs is None else f"epochs={epochs}"
@@ -136,7 +143,7 @@ def trained_model(cache_dir: str = DEFAULT_CACHE_DIR, epochs: int | None = None)
         items_path=items_path,
         bert_dir=bert_dir,
         output_dir=output_dir,
-        trainer={"epochs": epochs} if epochs else {},
+        trainer=overrides,
         # Next to the assets, as the demo does, so cached BERT item vectors are shared.
         cache_dir=os.path.join(os.path.dirname(os.path.dirname(bert_dir)), "cache"),
     )
