@@ -65,8 +65,9 @@ class TrainerConfig:
         0 with event context is the sequence-only ablation: the latest event's
         contextual state is the user's (a SASRec-like read of the window, no
         attention pooling over the graph); with no memory as well it measured
-        test NDCG@10 0.0996 +- 0.0049 against 0.1080 +- 0.0070 with graph
-        attention and memory (256 negatives; 3 seeds each, bench/quality). Default 1: on MovieLens-100k a second
+        test NDCG@10 0.1014 +- 0.0089 against 0.1098 +- 0.0034 with graph
+        attention and memory (with 256 negatives 0.0996 +- 0.0049 against
+        0.1080 +- 0.0070; 3 seeds each, bench/quality). Default 1: on MovieLens-100k a second
         round measured no better (test NDCG@10 0.1021 vs 0.1026, seed 0, bench/quality) and learned a
         synthetic next-item rule more slowly. Item vectors already carry one
         round of item <- co-interaction/category messages (`ItemTower`), so
