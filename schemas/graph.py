@@ -157,9 +157,7 @@ def select_event_window(events: Iterable[Event], prediction_time: int, max_event
     return split_history(events, prediction_time, max_events)[1]
 
 
-def split_history(
-    events: Iterable[Event], prediction_time: int, max_events: int
-) -> tuple[list[Event], list[Event]]:
+def split_history(events: Iterable[Event], prediction_time: int, max_events: int) -> tuple[list[Event], list[Event]]:
     """The user's events strictly before `prediction_time`: (remembered, window), both oldest first.
 
     The window is `select_event_window`; the remembered events are the older

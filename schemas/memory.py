@@ -125,10 +125,7 @@ def plan_update(
         and checkpoint.time <= prediction_time
         and checkpoint.folded <= len(remembered)
         and len(checkpoint.memory) == MEMORY_WIDTH
-        and (
-            checkpoint.folded == 0
-            or g.event_order(remembered[checkpoint.folded - 1]) == checkpoint.last_folded
-        )
+        and (checkpoint.folded == 0 or g.event_order(remembered[checkpoint.folded - 1]) == checkpoint.last_folded)
     )
     if not valid:
         return UpdatePlan(window, remembered, None, remembered)
@@ -167,6 +164,4 @@ def checkpoint_after(
 ) -> MemoryCheckpoint:
     """The checkpoint to store after running `plan` (the model returned `memory`)."""
     last = g.event_order(plan.remembered[-1]) if plan.remembered else None
-    return MemoryCheckpoint(
-        tuple(float(v) for v in memory), prediction_time, len(plan.remembered), last, model_version
-    )
+    return MemoryCheckpoint(tuple(float(v) for v in memory), prediction_time, len(plan.remembered), last, model_version)
