@@ -23,6 +23,11 @@ from serving.stores.redis_store import DEFAULT_PREFIX as DEFAULT_REDIS_PREFIX
 warnings.filterwarnings("ignore", message="You are using a Python version", category=FutureWarning)
 
 DEFAULT_TARGET = "127.0.0.1:8500"
+_RARE_ITEM_BOOST_HELP = (
+    "lift items with few training interactions into recommendations by this much per e-fold of rarity "
+    "(trainer/rare_item_boost.py; default 0: off). More exposure for new items, less ranking quality on "
+    "established ones: see bench/quality/README.md"
+)
 _PROFILE_HELP = (
     "trainer profile: cpu (default; frozen BERT, cached item text vectors) or gpu (top two BERT "
     "layers fine-tuned with the model in mixed precision, batch 1024; runs on CPU too, slowly)"
@@ -31,10 +36,12 @@ DEFAULT_STORE = os.path.join("runs", "latest", "interest_state.sqlite")
 
 
 def _trainer_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """TrainerConfig fields from --profile and --epochs (the CPU profile's are the defaults)."""
+    """TrainerConfig fields from --profile, --epochs and --rare-item-boost (the CPU profile's are the defaults)."""
     from trainer.config import TrainerConfig
 
-    overrides = {"epochs": args.epochs} if args.epochs else {}
+    overrides: dict[str, Any] = {"epochs": args.epochs} if args.epochs else {}
+    if args.rare_item_boost:
+        overrides["rare_item_boost"] = args.rare_item_boost
     if args.profile == "cpu":
         return overrides
     return TrainerConfig.profile(args.profile, **overrides).to_dict()
@@ -199,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default=os.path.join("runs", "latest"), help="run directory (default runs/latest)")
     demo.add_argument("--epochs", type=int, default=None, help="override the trainer's epochs")
     demo.add_argument("--profile", choices=("cpu", "gpu"), default="cpu", help=_PROFILE_HELP)
+    demo.add_argument("--rare-item-boost", type=float, default=0.0, help=_RARE_ITEM_BOOST_HELP)
     demo.add_argument("--max-users", type=int, default=None, help="replay only this many users (default all)")
     demo.set_defaults(func=_demo)
 
@@ -214,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model-name", default=DEFAULT_MODEL_NAME)
     run.add_argument("--epochs", type=int, default=None, help="override the trainer's epochs")
     run.add_argument("--profile", choices=("cpu", "gpu"), default="cpu", help=_PROFILE_HELP)
+    run.add_argument("--rare-item-boost", type=float, default=0.0, help=_RARE_ITEM_BOOST_HELP)
     run.add_argument(
         "--beam-arg", action="append", default=[], help="a Beam pipeline argument, repeatable (e.g. --runner=...)"
     )

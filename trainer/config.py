@@ -99,6 +99,13 @@ class TrainerConfig:
         0.01-0.04 (`tests/trainer/test_fine_tuned_text.py`).
       mixed_precision: the fine-tuned BERT layers compute in float16 with a
         scaled loss (float32 variables); meant for GPUs.
+      rare_item_boost: strength of the exported model's lift for items with
+        few training interactions (`trainer.rare_item_boost`; 0: off). It
+        raises new items into recommendations at a cost to ranking quality
+        on established ones, so it is a product choice, off by default
+        (measured in bench/quality: `interest_graph_rare_item_boost`).
+      rare_item_boost_below: training interactions from which an item gets
+        no lift.
     """
 
     interest_dim: int = INTEREST_DIM
@@ -125,6 +132,8 @@ class TrainerConfig:
     text_finetune_layers: int = 0
     text_learning_rate: float = 2e-5
     mixed_precision: bool = False
+    rare_item_boost: float = 0.0
+    rare_item_boost_below: int = 20
 
     def __post_init__(self) -> None:
         if self.interest_dim != INTEREST_DIM:
@@ -147,6 +156,10 @@ class TrainerConfig:
             raise ValueError("event_context_dropout must be in [0, 1)")
         if self.co_interaction_neighbours < 0:
             raise ValueError("co_interaction_neighbours must be >= 0")
+        if self.rare_item_boost < 0:
+            raise ValueError("rare_item_boost must be >= 0")
+        if self.rare_item_boost_below < 1:
+            raise ValueError("rare_item_boost_below must be >= 1")
         if self.interest_dim % self.attention_heads:
             raise ValueError("interest_dim must be divisible by attention_heads")
 

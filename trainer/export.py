@@ -16,6 +16,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 from collections.abc import Sequence  # noqa: E402
 
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2  # noqa: E402
 
@@ -31,7 +32,12 @@ def _spec(contract: s.SignatureContract) -> list[tf.TensorSpec]:
     return [tf.TensorSpec(t.shape, tf.as_dtype(t.dtype), name=t.name) for t in contract.inputs]
 
 
-def export_serving_model(model: InterestModel, export_dir: str, warmup_subgraphs: Sequence[bytes]) -> None:
+def export_serving_model(
+    model: InterestModel,
+    export_dir: str,
+    warmup_subgraphs: Sequence[bytes],
+    score_offsets: np.ndarray | None = None,
+) -> None:
     """Writes the SavedModel with the update, fold, recommend and score signatures.
 
     Args:
@@ -39,6 +45,9 @@ def export_serving_model(model: InterestModel, export_dir: str, warmup_subgraphs
       export_dir: the directory to write (e.g. TFX's serving_model_dir).
       warmup_subgraphs: a few serialized subgraphs used to build warmup
         requests for every signature.
+      score_offsets: per item of `model.item_tower.item_ids`, a constant added
+        to its learned bias in every score the export serves (e.g.
+        `trainer.rare_item_boost.rare_item_lift`); None adds nothing.
     """
     spec = graph_tensor_spec()
     tower = model.item_tower
@@ -48,8 +57,13 @@ def export_serving_model(model: InterestModel, export_dir: str, warmup_subgraphs
     # Item vectors are fixed after training: compute them once at export time
     # instead of on every request (scoring and encoding alike).
     item_vectors = tf.Variable(tower.all_item_vectors(), trainable=False, name="item_vectors")
+    offsets = np.zeros(tower.vocabulary_size, np.float32)
+    if score_offsets is not None:
+        if len(score_offsets) != len(tower.item_ids):
+            raise ValueError(f"score_offsets has {len(score_offsets)} values for {len(tower.item_ids)} items")
+        offsets[OOV_INDEX + 1 :] = score_offsets
     item_bias = tf.Variable(
-        tower.bias + tf.one_hot(OOV_INDEX, tower.vocabulary_size, on_value=-1e9, off_value=0.0),
+        tower.bias + offsets + tf.one_hot(OOV_INDEX, tower.vocabulary_size, on_value=-1e9, off_value=0.0),
         trainable=False,
         name="item_bias",
     )

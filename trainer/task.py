@@ -24,6 +24,7 @@ from trainer.fine_tuned_text import FineTunedText  # noqa: E402
 from trainer.graph_dataset import training_dataset  # noqa: E402
 from trainer.interest_model import InterestModel  # noqa: E402
 from trainer.item_tower import ItemTower  # noqa: E402
+from trainer.rare_item_boost import rare_item_lift  # noqa: E402
 from trainer.validation_ranking import VALIDATION_METRIC, ValidationRanking  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -227,7 +228,7 @@ def train(inputs: TrainingInputs, config: TrainerConfig) -> dict[str, Any]:
     )
     fit_s = time.time() - start
     warmup = [x.numpy() for x in tf.data.TFRecordDataset(tf.io.gfile.glob(inputs.eval_files[0]), "GZIP").take(2)]
-    export_serving_model(model, inputs.serving_model_dir, warmup)
+    export_serving_model(model, inputs.serving_model_dir, warmup, _score_offsets(entries, model, config))
     result = {
         "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
         "config": config.to_dict(),
@@ -240,6 +241,16 @@ def train(inputs: TrainingInputs, config: TrainerConfig) -> dict[str, Any]:
         json.dump(result, f, indent=2)
     plot_history(result["history"], os.path.join(inputs.run_dir, "training_curve.png"))
     return result
+
+
+def _score_offsets(entries: Sequence[CatalogEntry], model: InterestModel, config: TrainerConfig) -> np.ndarray | None:
+    """The rare-item lift per item of the model's vocabulary, or None when it is off."""
+    if not config.rare_item_boost:
+        return None
+    counts = {e.item.item_id: e.train_count for e in entries}
+    return rare_item_lift(
+        [counts[i] for i in model.item_tower.item_ids], config.rare_item_boost, config.rare_item_boost_below
+    )
 
 
 def plot_history(history: dict[str, list[float]], path: str) -> None:

@@ -24,6 +24,7 @@ from pipeline.assets import MINILM, asset_dir
 from pipeline.components.co_interaction import neighbours_of_histories
 from pipeline.components.graph_builder import split_user_history
 from pipeline.components.ranking_evaluator import signature_rankings
+from schemas import signatures as s
 from schemas.catalog import CatalogEntry, write_catalog
 from schemas.events import Item
 from schemas.graph import encode_interest_subgraph
@@ -115,6 +116,18 @@ class InterestGraphModel:
                 for i, v in enumerate(losses)
             ],
         )
+
+    def scores(self, points: Sequence[PredictionPoint], item_ids: Sequence[str], batch_size: int = 128) -> np.ndarray:
+        """[points, items] served scores (`update_interest`, then the `score` signature); nothing excluded."""
+        update, score = self._loaded.signatures[s.UPDATE_INTEREST], self._loaded.signatures[s.SCORE]
+        items = tf.constant([list(item_ids)])
+        rows = []
+        for start in range(0, len(points), batch_size):
+            batch = points[start : start + batch_size]
+            subgraphs = [encode_interest_subgraph(list(p.window), p.timestamp, self._categories) for p in batch]
+            state = update(**{s.SUBGRAPH: tf.constant([g.SerializeToString() for g in subgraphs])})[s.INTEREST_STATE]
+            rows.append(score(**{s.INTEREST_STATE: state, s.ITEM_IDS: tf.tile(items, [len(batch), 1])})[s.SCORES])
+        return np.concatenate([r.numpy() for r in rows])
 
     def rank(self, points: Sequence[PredictionPoint], k: int = 20) -> list[list[str]]:
         subgraphs = [

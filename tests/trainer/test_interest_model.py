@@ -22,7 +22,8 @@ from tests.trainer import synthetic
 from trainer.config import TrainerConfig
 from trainer.export import WARMUP_FILE, export_serving_model
 from trainer.graph_dataset import training_dataset
-from trainer.task import build_model
+from trainer.rare_item_boost import rare_item_lift
+from trainer.task import _score_offsets, build_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -129,6 +130,41 @@ def test_export_loads_and_runs_with_only_tensorflow_imported(trained: dict) -> N
     assert np.isfinite(r["scores"][0][2])
     assert r["scores"][0][0] == pytest.approx(r["scores"][1][0], rel=1e-5)
     assert os.path.getsize(os.path.join(export_dir, WARMUP_FILE)) > 0
+
+
+def test_score_offsets_shift_exactly_the_served_scores(trained: dict, tmp_path) -> None:
+    model = trained["model"]
+    item_ids = model.item_tower.item_ids
+    counts = {e.item.item_id: e.train_count for e in read_catalog(trained["paths"]["catalog"])}
+    lift = rare_item_lift([counts[i] for i in item_ids], strength=2.0, below=1000)
+    assert lift.min() > 0 and len(set(lift.tolist())) > 1
+    export_dir = str(tmp_path / "lifted")
+    warmup = [x.numpy() for x in tf.data.TFRecordDataset([trained["paths"]["eval"]], "GZIP").take(2)]
+    export_serving_model(model, export_dir, warmup, score_offsets=lift)
+    subgraph = next(iter(tf.data.TFRecordDataset([trained["paths"]["test"]], "GZIP"))).numpy()
+    scores = []
+    for directory in (trained["export_dir"], export_dir):
+        loaded = tf.saved_model.load(directory)
+        state = loaded.signatures[s.UPDATE_INTEREST](**{s.SUBGRAPH: tf.constant([subgraph])})[s.INTEREST_STATE]
+        scored = loaded.signatures[s.SCORE](**{s.INTEREST_STATE: state, s.ITEM_IDS: tf.constant([item_ids + ["nope"]])})
+        scores.append(scored[s.SCORES].numpy()[0])
+    np.testing.assert_allclose(scores[1][:-1] - scores[0][:-1], lift, atol=1e-4)
+    # Unknown items stay unscorable.
+    assert scores[1][-1] == float("-inf")
+    with pytest.raises(ValueError, match="score_offsets"):
+        export_serving_model(model, str(tmp_path / "bad"), warmup, score_offsets=lift[:-1])
+
+
+def test_trainer_aligns_the_lift_with_the_model_vocabulary(trained: dict) -> None:
+    model = trained["model"]
+    entries = read_catalog(trained["paths"]["catalog"])
+    assert _score_offsets(entries, model, TrainerConfig()) is None
+    counts = {e.item.item_id: e.train_count for e in entries}
+    # The vocabulary is ordered by frequency, not as the catalog file is.
+    assert model.item_tower.item_ids != [e.item.item_id for e in entries]
+    offsets = _score_offsets(entries, model, TrainerConfig(rare_item_boost=1.0, rare_item_boost_below=10_000))
+    expected = rare_item_lift([counts[i] for i in model.item_tower.item_ids], 1.0, 10_000)
+    np.testing.assert_array_equal(offsets, expected)
 
 
 def test_warmup_file_holds_one_request_per_signature(trained: dict) -> None:
