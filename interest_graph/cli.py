@@ -25,8 +25,8 @@ warnings.filterwarnings("ignore", message="You are using a Python version", cate
 DEFAULT_TARGET = "127.0.0.1:8500"
 _RARE_ITEM_BOOST_HELP = (
     "lift items with few training interactions into recommendations by this much per e-fold of rarity "
-    "(trainer/rare_item_boost.py; default 0: off). More exposure for new items, less ranking quality on "
-    "established ones: see bench/quality/README.md"
+    "(trainer/rare_item_boost.py; default: TrainerConfig's 1.25; 0 turns it off). More exposure for new "
+    "items, less ranking quality on established ones: see bench/quality/README.md"
 )
 _PROFILE_HELP = (
     "trainer profile: cpu (default; frozen BERT, cached item text vectors) or gpu (top two BERT "
@@ -40,7 +40,7 @@ def _trainer_settings(args: argparse.Namespace) -> dict[str, Any]:
     from trainer.config import TrainerConfig
 
     overrides: dict[str, Any] = {"epochs": args.epochs} if args.epochs else {}
-    if args.rare_item_boost:
+    if args.rare_item_boost is not None:
         overrides["rare_item_boost"] = args.rare_item_boost
     if args.profile == "cpu":
         return overrides
@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default=os.path.join("runs", "latest"), help="run directory (default runs/latest)")
     demo.add_argument("--epochs", type=int, default=None, help="override the trainer's epochs")
     demo.add_argument("--profile", choices=("cpu", "gpu"), default="cpu", help=_PROFILE_HELP)
-    demo.add_argument("--rare-item-boost", type=float, default=0.0, help=_RARE_ITEM_BOOST_HELP)
+    demo.add_argument("--rare-item-boost", type=float, default=None, help=_RARE_ITEM_BOOST_HELP)
     demo.add_argument("--max-users", type=int, default=None, help="replay only this many users (default all)")
     demo.set_defaults(func=_demo)
 
@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model-name", default=DEFAULT_MODEL_NAME)
     run.add_argument("--epochs", type=int, default=None, help="override the trainer's epochs")
     run.add_argument("--profile", choices=("cpu", "gpu"), default="cpu", help=_PROFILE_HELP)
-    run.add_argument("--rare-item-boost", type=float, default=0.0, help=_RARE_ITEM_BOOST_HELP)
+    run.add_argument("--rare-item-boost", type=float, default=None, help=_RARE_ITEM_BOOST_HELP)
     run.add_argument(
         "--beam-arg", action="append", default=[], help="a Beam pipeline argument, repeatable (e.g. --runner=...)"
     )

@@ -11,6 +11,8 @@ def test_rare_item_boost_flag_reaches_the_trainer_in_both_profiles() -> None:
     parser = build_parser()
     assert _trainer_settings(parser.parse_args(RUN)) == {}
     assert _trainer_settings(parser.parse_args(RUN + ["--rare-item-boost", "1.5"])) == {"rare_item_boost": 1.5}
+    # 0 is a setting (the lift off), not "no flag".
+    assert _trainer_settings(parser.parse_args(RUN + ["--rare-item-boost", "0"])) == {"rare_item_boost": 0.0}
     gpu = _trainer_settings(parser.parse_args(RUN + ["--profile", "gpu", "--rare-item-boost", "1.5"]))
     assert gpu["rare_item_boost"] == 1.5 and gpu["text_finetune_layers"] == 2
     demo = _trainer_settings(parser.parse_args(["demo", "--epochs", "2", "--rare-item-boost", "0.5"]))

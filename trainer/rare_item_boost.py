@@ -13,9 +13,9 @@ one, as an additive score offset fixed at export time:
 for an item with `n` training interactions. Items with at least `below - 1`
 interactions are untouched; rarer ones rise by `strength` per e-fold of
 rarity, so never-seen items rise most. It trades ranking quality on the items
-users already engage with for exposure of new ones: `bench/quality` measures
-both sides (`interest_graph_rare_item_boost`, and the sweep in
-`bench/results/rare_item_boost.json`).
+users already engage with for exposure of new ones; `bench/quality` measures
+both sides (the sweep in `bench/results/rare_item_boost.json`, which chose the
+default strength, `TrainerConfig.rare_item_boost`, on validation).
 """
 
 from __future__ import annotations

