@@ -18,6 +18,11 @@ from schemas.signatures import INTEREST_DIM, NUM_INTERESTS
 class TrainerConfig:
     """Hyperparameters of the interest model and its training loop.
 
+    The measurements quoted below that compare parts of the model (0.1098 +-
+    0.0034 for the defaults, and so on) were taken without the rare-item lift
+    (`rare_item_boost=0`): the lift is a score offset added at export, after
+    training, and its own trade-off is given under `rare_item_boost`.
+
     Attributes:
       interest_dim: width of item vectors and of the interest state (fixed by
         the serving contract).
