@@ -10,8 +10,10 @@ serving signatures, as TF Serving would run them.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -77,6 +79,8 @@ class InterestGraphModel:
     def __init__(self, config: Mapping[str, Any]) -> None:
         self.config = dict(config)
         self._dir = tempfile.mkdtemp(prefix="interest_graph_bench_")
+        # Examples and exported models of every fit (about 25 MB each) go when the adapter does.
+        weakref.finalize(self, shutil.rmtree, self._dir, ignore_errors=True)
         self._loaded: Any = None
         self._categories: dict[str, tuple[str, ...]] = {}
         self._params = 0

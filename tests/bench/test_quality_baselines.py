@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import os
 
 import numpy as np
 import pytest
@@ -207,3 +209,14 @@ def test_harness_writes_the_documented_shape_and_merges(tmp_path, monkeypatch) -
 def test_harness_rejects_unknown_models(tmp_path) -> None:
     with pytest.raises(KeyError, match="unknown model"):
         h.run_benchmark(_cooccurrence_split(), ["nope"], seeds=[0], output=str(tmp_path / "q.json"))
+
+
+def test_interest_graph_adapter_removes_its_working_directory() -> None:
+    from bench.quality.interest_model import InterestGraphModel
+
+    adapter = InterestGraphModel({})
+    directory = adapter._dir
+    assert os.path.isdir(directory)
+    del adapter
+    gc.collect()
+    assert not os.path.exists(directory)
