@@ -128,13 +128,15 @@ class InterestGraphModel:
         rows = []
         for start in range(0, len(points), batch_size):
             batch = points[start : start + batch_size]
-            subgraphs = [encode_interest_subgraph(list(p.window), p.timestamp, self._categories) for p in batch]
-            state = update(**{s.SUBGRAPH: tf.constant([g.SerializeToString() for g in subgraphs])})[s.INTEREST_STATE]
+            state = update(**{s.SUBGRAPH: tf.constant(self._subgraphs(batch))})[s.INTEREST_STATE]
             rows.append(score(**{s.INTEREST_STATE: state, s.ITEM_IDS: tf.tile(items, [len(batch), 1])})[s.SCORES])
         return np.concatenate([r.numpy() for r in rows])
 
     def rank(self, points: Sequence[PredictionPoint], k: int = 20) -> list[list[str]]:
-        subgraphs = [
+        return signature_rankings(self._loaded, self._subgraphs(points), [sorted(p.exclude) for p in points], k)
+
+    def _subgraphs(self, points: Sequence[PredictionPoint]) -> list[bytes]:
+        """Each point's serialized interest subgraph: its window, as of its timestamp."""
+        return [
             encode_interest_subgraph(list(p.window), p.timestamp, self._categories).SerializeToString() for p in points
         ]
-        return signature_rankings(self._loaded, subgraphs, [sorted(p.exclude) for p in points], k)

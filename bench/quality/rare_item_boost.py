@@ -35,8 +35,9 @@ import numpy as np
 import schemas  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from bench.quality import harness
 from bench.quality.data import DEFAULT_COLD_THRESHOLD, LeaveOneOutSplit, PredictionPoint, load_movielens_100k
+from bench.quality.popularity import Popularity
 from trainer.config import TrainerConfig
-from trainer.metrics import MAX_CUTOFF, items_by_popularity, popularity_ranking, ranking_metrics
+from trainer.metrics import MAX_CUTOFF, ranking_metrics
 from trainer.rare_item_boost import rare_item_lift
 
 DEFAULT_OUTPUT = os.path.join(os.path.dirname(harness.DEFAULT_OUTPUT), "rare_item_boost.json")
@@ -105,11 +106,9 @@ def sweep(
             f"[rare_item_boost] seed={seed} "
             + " ".join(f"{strength}:{per_seed[strength][-1]['validation']['ndcg@10']:.4f}" for strength in strengths)
         )
-    popular = items_by_popularity(split.train_item_counts)
-    popularity = {
-        name: _metrics([popularity_ranking(popular, p.exclude, MAX_CUTOFF) for p in points], points)
-        for name, points in slices.items()
-    }
+    popular = Popularity()
+    popular.fit(split, seed=0)
+    popularity = {name: _metrics(popular.rank(points, MAX_CUTOFF), points) for name, points in slices.items()}
     rows = [
         {
             "strength": strength,
