@@ -17,6 +17,7 @@ from schemas.events import EVENT_TYPES  # noqa: E402
 from trainer.event_context import EventContext  # noqa: E402
 from trainer.item_tower import ItemTower  # noqa: E402
 from trainer.long_term_memory import MemoryReadout, graph_memory, merge_memories  # noqa: E402
+from trainer.multi_interest import MultiInterestAttention  # noqa: E402
 
 # Time scales (days) of the fixed multi-scale recency encoding: within a
 # session, a day, a week, a month, a year.
@@ -61,6 +62,9 @@ class InterestEncoder(tf.keras.layers.Layer):
          attention query: which past events matter depends on what the first
          round found (e.g. a recent burst of one genre re-weights older events
          of that genre). The last state is mapped to `num_interests` vectors.
+    With several interests, each one also pools the window's events with its
+    own attention query (`MultiInterestAttention`), so interests can follow
+    different parts of the user's history.
     Then the long-term memory (the events older than the window, see
     `trainer.long_term_memory`) adds its learned readout to those vectors.
 
@@ -123,6 +127,7 @@ class InterestEncoder(tf.keras.layers.Layer):
             else None
         )
         self.memory_readout = MemoryReadout(num_interests * interest_dim) if use_memory else None
+        self.multi_interest = MultiInterestAttention(num_interests, interest_dim) if num_interests > 1 else None
         if message_passing_rounds == 0 and not event_context_blocks:
             raise ValueError("message_passing_rounds=0 needs event_context_blocks (the latest event's state)")
         # Without a user round the latest event's contextual state is the interest state (sequence only).
@@ -237,7 +242,18 @@ class InterestEncoder(tf.keras.layers.Layer):
             state = self.sequence_readout(state)
         if self.use_memory:
             state += self.memory_readout(memory)
-        return tf.reshape(state, [-1, self.num_interests, self.interest_dim]), memory
+        state = tf.reshape(state, [-1, self.num_interests, self.interest_dim])
+        if self.multi_interest is not None:
+            state += self._interests_by_attention(graph, num_users)
+        return state, memory
+
+    def _interests_by_attention(self, graph: tfgnn.GraphTensor, num_users: tf.Tensor) -> tf.Tensor:
+        """[users, interests, dim]: each interest's own attention pooling of the window's events."""
+        events = graph.edge_sets[g.EVENT]
+        adjacency = events.adjacency
+        item_states = tf.gather(graph.node_sets[g.ITEM][tfgnn.HIDDEN_STATE], adjacency.source)
+        event_keys = tf.concat([item_states, events[tfgnn.HIDDEN_STATE]], axis=1)
+        return self.multi_interest(event_keys, adjacency.target, num_users)
 
     def _events_in_context(self, graph: tfgnn.GraphTensor, latest_event: tf.Tensor) -> tfgnn.GraphTensor:
         """Replaces event states by their in-window context and starts each user from its latest event.
