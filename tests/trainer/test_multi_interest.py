@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import tensorflow as tf
 
+from schemas import signatures as s
+from schemas.catalog import read_catalog
+from tests.trainer import synthetic
+from trainer.config import TrainerConfig
+from trainer.export import export_serving_model
+from trainer.graph_dataset import training_dataset
 from trainer.multi_interest import MultiInterestAttention
+from trainer.task import build_model
 
 
 def _layer(num_interests: int = 3) -> MultiInterestAttention:
@@ -49,3 +58,34 @@ def test_config_round_trip() -> None:
     layer = _layer(num_interests=2)
     clone = MultiInterestAttention.from_config(layer.get_config())
     assert (clone.num_interests, clone.interest_dim, clone.hidden_dim) == (2, 8, 8)
+
+
+def test_a_four_interest_model_trains_exports_and_serves_four_distinct_interests(tmp_path) -> None:
+    paths = synthetic.make_dataset(str(tmp_path))
+    entries = read_catalog(paths["catalog"])
+    config = TrainerConfig(epochs=2, batch_size=64, num_sampled=8, learning_rate=3e-3, num_interests=4)
+    tf.keras.utils.set_random_seed(1)
+    model = build_model(entries, synthetic.random_text_vectors(len(entries)), config)
+    model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
+    train = training_dataset([paths["train"]], config.batch_size, shuffle=True, seed=1)
+    model(next(iter(train))[0])
+    history = model.fit(train, epochs=config.epochs, verbose=0).history["loss"]
+    assert history[-1] < history[0], history
+    assert model.encoder.multi_interest is not None
+    export_dir = os.path.join(str(tmp_path), "export", "1")
+    subgraphs = [x.numpy() for x in tf.data.TFRecordDataset([paths["eval"]], "GZIP").take(2)]
+    export_serving_model(model, export_dir, subgraphs)
+    loaded = tf.saved_model.load(export_dir)
+    state = loaded.signatures[s.UPDATE_INTEREST](**{s.SUBGRAPH: tf.constant(subgraphs)})[s.INTEREST_STATE].numpy()
+    assert state.shape == (2, 4, s.INTEREST_DIM) and np.isfinite(state).all()
+    assert min(np.abs(state[0, 0] - state[0, m]).max() for m in (1, 2, 3)) > 1e-3
+    # An item's served score is its best match over the four interests, plus its bias.
+    item_ids = [e.item.item_id for e in entries[:5]]
+    scores = loaded.signatures[s.SCORE](
+        **{s.INTEREST_STATE: tf.constant(state[:1]), s.ITEM_IDS: tf.constant([item_ids])}
+    )[s.SCORES].numpy()[0]
+    tower = model.item_tower
+    rows = [tower.item_ids.index(i) + 1 for i in item_ids]
+    vectors = tower.all_item_vectors().numpy()[rows]
+    expected = (state[0] @ vectors.T).max(axis=0) + tower.bias.numpy()[rows]
+    np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-4)
