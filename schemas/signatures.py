@@ -73,6 +73,12 @@ INTEREST_CATEGORY_WEIGHTS = "interest_category_weights"
 
 PADDING_ITEM_ID = ""
 
+# Beside the SavedModel: the constant each item's served score carries on top
+# of the model's own (a JSON object item id -> offset, nonzero ones only; the
+# rare-item lift), so an evaluator can compare two models without their
+# ranking rules. A model without the file adds nothing.
+SCORE_OFFSETS_FILE = "assets.extra/score_offsets.json"
+
 
 @dataclasses.dataclass(frozen=True)
 class TensorContract:

@@ -10,6 +10,7 @@ real request does not pay for graph initialisation.
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -47,7 +48,8 @@ def export_serving_model(
         requests for every signature.
       score_offsets: per item of `model.item_tower.item_ids`, a constant added
         to its learned bias in every score the export serves (e.g.
-        `trainer.rare_item_boost.rare_item_lift`); None adds nothing.
+        `trainer.rare_item_boost.rare_item_lift`); None adds nothing. The
+        nonzero ones are also written to `SCORE_OFFSETS_FILE`.
     """
     spec = graph_tensor_spec()
     tower = model.item_tower
@@ -138,6 +140,9 @@ def export_serving_model(
         if interactive:
             tf.keras.utils.enable_interactive_logging()
     write_warmup_requests(export_dir, update_interest, warmup_subgraphs, tower.item_ids[:3])
+    nonzero = {item_id: float(v) for item_id, v in zip(tower.item_ids, offsets[OOV_INDEX + 1 :], strict=True) if v}
+    with tf.io.gfile.GFile(os.path.join(export_dir, s.SCORE_OFFSETS_FILE), "w") as f:
+        json.dump(nonzero, f)
 
 
 def write_warmup_requests(

@@ -6,16 +6,20 @@ the exported serving signatures themselves (what TF Serving will run) over the
 validation split, with `trainer.metrics` (the code every other evaluation
 uses). It blesses the candidate only if its NDCG@10 is at least that of the
 last blessed model measured on the same split, so a worse model never reaches
-the serving directory.
+the serving directory. When the two serve different score offsets (the
+rare-item lift, e.g. at another strength), their served rankings follow
+different rules, so both are judged without their offsets: model against
+model, not lift against lift.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 from tfx import types
 from tfx.components.evaluator import constants as eval_constants
@@ -74,22 +78,128 @@ def signature_rankings(
     return rankings
 
 
-def evaluate(model_dir: str, example_files: Sequence[str], catalog_file: str) -> dict[str, Any]:
+def read_score_offsets(model_dir: str) -> dict[str, float]:
+    """The score offsets an exported model serves on top of its own scores ({} for none)."""
+    path = os.path.join(model_dir, s.SCORE_OFFSETS_FILE)
+    if not tf.io.gfile.exists(path):
+        return {}
+    with tf.io.gfile.GFile(path) as f:
+        return {str(k): float(v) for k, v in json.load(f).items()}
+
+
+def rankings_without_offsets(
+    loaded: Any,
+    subgraphs: Sequence[bytes],
+    exclude: Sequence[Sequence[str]],
+    item_ids: Sequence[str],
+    offsets: Mapping[str, float],
+    k: int,
+    batch_size: int = 256,
+) -> list[list[str]]:
+    """Top-k items per point by the model's own scores: served scores (`score`) minus the offsets.
+
+    Args:
+      loaded: a SavedModel loaded with `tf.saved_model.load`.
+      subgraphs: serialized interest subgraphs, one per prediction point.
+      exclude: per point, the items the user already interacted with.
+      item_ids: the catalog, every item that can be recommended.
+      offsets: the model's score offsets (`read_score_offsets`).
+      k: how many items to rank.
+      batch_size: points per signature call.
+
+    Returns:
+      Per point, item ids best first.
+    """
+    update = loaded.signatures[s.UPDATE_INTEREST]
+    score = loaded.signatures[s.SCORE]
+    catalog = np.array(item_ids, dtype=object)
+    position = {item_id: i for i, item_id in enumerate(item_ids)}
+    shift = np.array([offsets.get(i, 0.0) for i in item_ids], np.float32)
+    rankings: list[list[str]] = []
+    for start in range(0, len(subgraphs), batch_size):
+        batch = list(subgraphs[start : start + batch_size])
+        state = update(**{s.SUBGRAPH: tf.constant(batch)})[s.INTEREST_STATE]
+        items = tf.constant([list(item_ids)] * len(batch))
+        scores = score(**{s.INTEREST_STATE: state, s.ITEM_IDS: items})[s.SCORES].numpy() - shift
+        for row, seen in zip(scores, exclude[start : start + batch_size], strict=True):
+            row[[position[i] for i in seen if i in position]] = -np.inf
+            top = np.argsort(-row, kind="stable")[:k]
+            # Seen and unknown items (-inf) are never recommended.
+            rankings.append([str(catalog[j]) for j in top if np.isfinite(row[j])])
+    return rankings
+
+
+def evaluate(
+    model_dir: str, example_files: Sequence[str], catalog_file: str, without_score_offsets: bool = False
+) -> dict[str, Any]:
     """Metrics of the model and of the most-popular baseline on the same points.
+
+    Args:
+      model_dir: the exported SavedModel.
+      example_files: the split's interest subgraphs.
+      catalog_file: the item catalog of those examples.
+      without_score_offsets: rank by the model's own scores, without the
+        offsets its export adds (`SCORE_OFFSETS_FILE`); False ranks as served.
 
     Returns:
       {"model": metrics, "popularity": metrics, "protocol": description}.
     """
     subgraphs, targets, seen = read_evaluation_points(example_files)
-    counts = {e.item.item_id: e.train_count for e in read_catalog(catalog_file)}
+    entries = read_catalog(catalog_file)
+    counts = {e.item.item_id: e.train_count for e in entries}
     popular = items_by_popularity(counts)
+    offsets = read_score_offsets(model_dir) if without_score_offsets else {}
+    if offsets:
+        loaded = tf.saved_model.load(model_dir)
+        item_ids = [e.item.item_id for e in entries]
+        rankings = rankings_without_offsets(loaded, subgraphs, seen, item_ids, offsets, MAX_CUTOFF)
+    else:
+        rankings = saved_model_rankings(model_dir, subgraphs, seen)
     return {
         "protocol": "chronological leave-one-out; full ranking over all items the user has not interacted with",
-        "model": ranking_metrics(saved_model_rankings(model_dir, subgraphs, seen), [[t] for t in targets]),
+        "model": ranking_metrics(rankings, [[t] for t in targets]),
         "popularity": ranking_metrics(
             [popularity_ranking(popular, exclude) for exclude in seen], [[t] for t in targets]
         ),
     }
+
+
+def judge(
+    candidate_dir: str, baseline_dir: str | None, example_files: Sequence[str], catalog_file: str
+) -> dict[str, Any]:
+    """The candidate's metrics and whether it may replace the last blessed model.
+
+    Args:
+      candidate_dir: the candidate's exported SavedModel.
+      baseline_dir: the last blessed model's (None: the first model, blessed).
+      example_files: the split to judge on.
+      catalog_file: its item catalog.
+
+    Returns:
+      `evaluate`'s result plus "blessed", "blessing_rule", "compared" (the two
+      NDCG@10 values the rule compared) and, with a baseline, "baseline_model";
+      when the two serve different score offsets, also both models' metrics
+      without them ("model_without_score_offsets",
+      "baseline_model_without_score_offsets"), which the rule then compares.
+    """
+    result = evaluate(candidate_dir, example_files, catalog_file)
+    value = result["model"][BLESSING_METRIC]
+    baseline_value = None
+    rule = f"{BLESSING_METRIC} >= last blessed model's"
+    if baseline_dir is not None:
+        result["baseline_model"] = evaluate(baseline_dir, example_files, catalog_file)["model"]
+        baseline_value = result["baseline_model"][BLESSING_METRIC]
+        if read_score_offsets(candidate_dir) != read_score_offsets(baseline_dir):
+            own = evaluate(candidate_dir, example_files, catalog_file, without_score_offsets=True)["model"]
+            theirs = evaluate(baseline_dir, example_files, catalog_file, without_score_offsets=True)["model"]
+            result["model_without_score_offsets"] = own
+            result["baseline_model_without_score_offsets"] = theirs
+            value, baseline_value = own[BLESSING_METRIC], theirs[BLESSING_METRIC]
+            rule = f"{BLESSING_METRIC} without score offsets >= last blessed model's (their offsets differ)"
+    result["blessed"] = baseline_value is None or value >= baseline_value
+    result["blessing_rule"] = f"{rule} ({baseline_value})"
+    result["compared"] = {"model": value, "baseline": baseline_value}
+    return result
 
 
 class RankingEvaluatorExecutor(base_executor.BaseExecutor):
@@ -104,18 +214,12 @@ class RankingEvaluatorExecutor(base_executor.BaseExecutor):
         split = exec_properties["split"]
         files = [os.path.join(artifact_utils.get_split_uri([examples], split), "*")]
         catalog_file = catalog_path(examples.uri)
-        result = evaluate(path_utils.serving_model_path(model.uri), files, catalog_file)
-        result["split"] = split
         baselines = input_dict.get("baseline_model") or []
-        baseline_value = None
-        if baselines:
-            baseline = evaluate(path_utils.serving_model_path(baselines[0].uri), files, catalog_file)
-            result["baseline_model"] = baseline["model"]
-            baseline_value = baseline["model"][BLESSING_METRIC]
-        value = result["model"][BLESSING_METRIC]
-        blessed = baseline_value is None or value >= baseline_value
-        result["blessed"] = blessed
-        result["blessing_rule"] = f"{BLESSING_METRIC} >= last blessed model's ({baseline_value})"
+        baseline_dir = path_utils.serving_model_path(baselines[0].uri) if baselines else None
+        result = judge(path_utils.serving_model_path(model.uri), baseline_dir, files, catalog_file)
+        result["split"] = split
+        blessed = result["blessed"]
+        value, baseline_value = result["compared"]["model"], result["compared"]["baseline"]
         evaluation = artifact_utils.get_single_instance(output_dict["evaluation"])
         with tf.io.gfile.GFile(os.path.join(evaluation.uri, METRICS_FILE), "w") as f:
             f.write(json.dumps(result, indent=2))
@@ -128,8 +232,8 @@ class RankingEvaluatorExecutor(base_executor.BaseExecutor):
         with tf.io.gfile.GFile(os.path.join(blessing.uri, "BLESSED" if blessed else "NOT_BLESSED"), "w") as f:
             f.write(json.dumps({BLESSING_METRIC: value, "baseline": baseline_value}))
         print(
-            f"[evaluator] {split}: {BLESSING_METRIC}={value:.4f} (popularity "
-            f"{result['popularity'][BLESSING_METRIC]:.4f}, last blessed {baseline_value}) -> "
+            f"[evaluator] {split}: {BLESSING_METRIC}={result['model'][BLESSING_METRIC]:.4f} (popularity "
+            f"{result['popularity'][BLESSING_METRIC]:.4f}); rule {result['blessing_rule']}: {value:.4f} -> "
             f"{'BLESSED' if blessed else 'NOT BLESSED'}",
             flush=True,
         )

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.components.ranking_evaluator import evaluate
+from pipeline.components.ranking_evaluator import evaluate, judge, read_score_offsets
 from schemas import signatures as s
 from schemas.catalog import read_catalog
 from schemas.events import Event
@@ -153,6 +153,31 @@ def test_score_offsets_shift_exactly_the_served_scores(trained: dict, tmp_path) 
     assert scores[1][-1] == float("-inf")
     with pytest.raises(ValueError, match="score_offsets"):
         export_serving_model(model, str(tmp_path / "bad"), warmup, score_offsets=lift[:-1])
+
+
+def test_evaluator_judges_models_with_different_score_offsets_without_them(trained: dict, tmp_path) -> None:
+    model, paths, plain = trained["model"], trained["paths"], trained["export_dir"]
+    counts = {e.item.item_id: e.train_count for e in read_catalog(paths["catalog"])}
+    lift = rare_item_lift([counts[i] for i in model.item_tower.item_ids], strength=3.0, below=1000)
+    lifted = str(tmp_path / "lifted")
+    warmup = [x.numpy() for x in tf.data.TFRecordDataset([paths["eval"]], "GZIP").take(2)]
+    export_serving_model(model, lifted, warmup, score_offsets=lift)
+    assert read_score_offsets(plain) == {}
+    offsets = read_score_offsets(lifted)
+    assert [offsets[i] for i in model.item_tower.item_ids] == pytest.approx(lift.tolist())
+    files, catalog = [paths["eval"]], paths["catalog"]
+    as_served = evaluate(lifted, files, catalog)["model"]
+    unlifted = evaluate(plain, files, catalog)["model"]
+    # The lift changes what is served (here it costs), so served metrics would compare rules, not models.
+    assert as_served["ndcg@10"] < unlifted["ndcg@10"]
+    assert evaluate(lifted, files, catalog, without_score_offsets=True)["model"] == pytest.approx(unlifted)
+    verdict = judge(lifted, plain, files, catalog)
+    assert verdict["blessed"] and "without score offsets" in verdict["blessing_rule"], verdict["blessing_rule"]
+    assert verdict["compared"] == pytest.approx({"model": unlifted["ndcg@10"], "baseline": unlifted["ndcg@10"]})
+    # Against a model with the same offsets the served rankings are compared, as before.
+    same = judge(lifted, lifted, files, catalog)
+    assert same["blessed"] and "model_without_score_offsets" not in same
+    assert same["compared"]["model"] == pytest.approx(as_served["ndcg@10"])
 
 
 def test_trainer_aligns_the_lift_with_the_model_vocabulary(trained: dict) -> None:
