@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
@@ -205,3 +206,16 @@ def test_second_run_is_judged_against_the_last_blessed_model(pipeline_run: dict)
         assert second.pushed_model_dir is not None and len(versions) == 2
     else:
         assert second.pushed_model_dir is None and versions == [first_version]
+
+
+def test_a_run_with_another_lift_strength_is_judged_without_the_score_offsets(pipeline_run: dict) -> None:
+    config = pipeline_run["config"]
+    stronger = dataclasses.replace(config, trainer={**config.trainer, "rare_item_boost": 3.0})
+    evaluation = run_pipeline(stronger).evaluation
+    # The served rankings follow different lift rules: the models are compared without them.
+    assert "without score offsets" in evaluation["blessing_rule"], evaluation["blessing_rule"]
+    own = evaluation["model_without_score_offsets"]["ndcg@10"]
+    theirs = evaluation["baseline_model_without_score_offsets"]["ndcg@10"]
+    assert evaluation["compared"] == {"model": own, "baseline": theirs}
+    assert evaluation["blessed"] is (own >= theirs)
+    assert evaluation["model"]["ndcg@10"] != own, "the stronger lift should change the served ranking"
