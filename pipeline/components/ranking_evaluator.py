@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,6 +44,16 @@ def saved_model_rankings(
     return signature_rankings(tf.saved_model.load(model_dir), subgraphs, exclude, MAX_CUTOFF, batch_size)
 
 
+def _interest_states(
+    loaded: Any, subgraphs: Sequence[bytes], batch_size: int
+) -> Iterator[tuple[int, list[bytes], tf.Tensor]]:
+    """(first index, subgraphs, interest states) of each batch, from `update_interest`."""
+    update = loaded.signatures[s.UPDATE_INTEREST]
+    for start in range(0, len(subgraphs), batch_size):
+        batch = list(subgraphs[start : start + batch_size])
+        yield start, batch, update(**{s.SUBGRAPH: tf.constant(batch)})[s.INTEREST_STATE]
+
+
 def signature_rankings(
     loaded: Any, subgraphs: Sequence[bytes], exclude: Sequence[Sequence[str]], k: int, batch_size: int = 256
 ) -> list[list[str]]:
@@ -59,12 +69,9 @@ def signature_rankings(
     Returns:
       Per point, item ids best first.
     """
-    update = loaded.signatures[s.UPDATE_INTEREST]
     recommend = loaded.signatures[s.RECOMMEND]
     rankings: list[list[str]] = []
-    for start in range(0, len(subgraphs), batch_size):
-        batch = list(subgraphs[start : start + batch_size])
-        state = update(**{s.SUBGRAPH: tf.constant(batch)})[s.INTEREST_STATE]
+    for start, batch, state in _interest_states(loaded, subgraphs, batch_size):
         width = max(1, max(len(x) for x in exclude[start : start + batch_size]))
         padded = [list(x) + [s.PADDING_ITEM_ID] * (width - len(x)) for x in exclude[start : start + batch_size]]
         top = recommend(
@@ -110,15 +117,12 @@ def rankings_without_offsets(
     Returns:
       Per point, item ids best first.
     """
-    update = loaded.signatures[s.UPDATE_INTEREST]
     score = loaded.signatures[s.SCORE]
     catalog = np.array(item_ids, dtype=object)
     position = {item_id: i for i, item_id in enumerate(item_ids)}
     shift = np.array([offsets.get(i, 0.0) for i in item_ids], np.float32)
     rankings: list[list[str]] = []
-    for start in range(0, len(subgraphs), batch_size):
-        batch = list(subgraphs[start : start + batch_size])
-        state = update(**{s.SUBGRAPH: tf.constant(batch)})[s.INTEREST_STATE]
+    for start, batch, state in _interest_states(loaded, subgraphs, batch_size):
         items = tf.constant([list(item_ids)] * len(batch))
         scores = score(**{s.INTEREST_STATE: state, s.ITEM_IDS: items})[s.SCORES].numpy() - shift
         for row, seen in zip(scores, exclude[start : start + batch_size], strict=True):
