@@ -25,8 +25,7 @@ from bench.quality.data import LeaveOneOutSplit, PredictionPoint
 from pipeline.assets import MINILM, asset_dir
 from pipeline.components.co_interaction import neighbours_of_histories
 from pipeline.components.graph_builder import split_user_history
-from pipeline.components.ranking_evaluator import signature_rankings
-from schemas import signatures as s
+from pipeline.components.ranking_evaluator import served_scores, signature_rankings
 from schemas.catalog import CatalogEntry, write_catalog
 from schemas.events import Item
 from schemas.graph import encode_interest_subgraph
@@ -123,14 +122,8 @@ class InterestGraphModel:
 
     def scores(self, points: Sequence[PredictionPoint], item_ids: Sequence[str], batch_size: int = 128) -> np.ndarray:
         """[points, items] served scores (`update_interest`, then the `score` signature); nothing excluded."""
-        update, score = self._loaded.signatures[s.UPDATE_INTEREST], self._loaded.signatures[s.SCORE]
-        items = tf.constant([list(item_ids)])
-        rows = []
-        for start in range(0, len(points), batch_size):
-            batch = points[start : start + batch_size]
-            state = update(**{s.SUBGRAPH: tf.constant(self._subgraphs(batch))})[s.INTEREST_STATE]
-            rows.append(score(**{s.INTEREST_STATE: state, s.ITEM_IDS: tf.tile(items, [len(batch), 1])})[s.SCORES])
-        return np.concatenate([r.numpy() for r in rows])
+        batches = served_scores(self._loaded, self._subgraphs(points), item_ids, batch_size)
+        return np.concatenate([scores for _, scores in batches])
 
     def rank(self, points: Sequence[PredictionPoint], k: int = 20) -> list[list[str]]:
         return signature_rankings(self._loaded, self._subgraphs(points), [sorted(p.exclude) for p in points], k)

@@ -14,6 +14,7 @@ model, not lift against lift.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -35,13 +36,6 @@ from trainer.metrics import MAX_CUTOFF, items_by_popularity, popularity_ranking,
 
 METRICS_FILE = "metrics.json"
 BLESSING_METRIC = "ndcg@10"
-
-
-def saved_model_rankings(
-    model_dir: str, subgraphs: Sequence[bytes], exclude: Sequence[Sequence[str]], batch_size: int = 256
-) -> list[list[str]]:
-    """Top-MAX_CUTOFF items per prediction point from the exported signatures."""
-    return signature_rankings(tf.saved_model.load(model_dir), subgraphs, exclude, MAX_CUTOFF, batch_size)
 
 
 def _interest_states(
@@ -94,6 +88,23 @@ def read_score_offsets(model_dir: str) -> dict[str, float]:
         return {str(k): float(v) for k, v in json.load(f).items()}
 
 
+def served_scores(
+    loaded: Any, subgraphs: Sequence[bytes], item_ids: Sequence[str], batch_size: int = 256
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(first index, [batch, items] scores) of each batch: `update_interest`, then `score` of every item.
+
+    Args:
+      loaded: a SavedModel loaded with `tf.saved_model.load`.
+      subgraphs: serialized interest subgraphs, one per prediction point.
+      item_ids: the items to score (-inf for items the model does not know).
+      batch_size: points per signature call.
+    """
+    score = loaded.signatures[s.SCORE]
+    for start, batch, state in _interest_states(loaded, subgraphs, batch_size):
+        items = tf.constant([list(item_ids)] * len(batch))
+        yield start, score(**{s.INTEREST_STATE: state, s.ITEM_IDS: items})[s.SCORES].numpy()
+
+
 def rankings_without_offsets(
     loaded: Any,
     subgraphs: Sequence[bytes],
@@ -117,20 +128,62 @@ def rankings_without_offsets(
     Returns:
       Per point, item ids best first.
     """
-    score = loaded.signatures[s.SCORE]
     catalog = np.array(item_ids, dtype=object)
     position = {item_id: i for i, item_id in enumerate(item_ids)}
     shift = np.array([offsets.get(i, 0.0) for i in item_ids], np.float32)
     rankings: list[list[str]] = []
-    for start, batch, state in _interest_states(loaded, subgraphs, batch_size):
-        items = tf.constant([list(item_ids)] * len(batch))
-        scores = score(**{s.INTEREST_STATE: state, s.ITEM_IDS: items})[s.SCORES].numpy() - shift
-        for row, seen in zip(scores, exclude[start : start + batch_size], strict=True):
+    for start, scores in served_scores(loaded, subgraphs, item_ids, batch_size):
+        scores -= shift
+        for row, seen in zip(scores, exclude[start : start + len(scores)], strict=True):
             row[[position[i] for i in seen if i in position]] = -np.inf
             top = np.argsort(-row, kind="stable")[:k]
             # Seen and unknown items (-inf) are never recommended.
             rankings.append([str(catalog[j]) for j in top if np.isfinite(row[j])])
     return rankings
+
+
+@dataclasses.dataclass(frozen=True)
+class _EvaluationSplit:
+    """The prediction points of a split and its catalog, read once for every model judged on them."""
+
+    subgraphs: list[bytes]
+    targets: list[str]
+    seen: list[list[str]]
+    item_ids: list[str]
+    train_counts: dict[str, int]
+
+    @classmethod
+    def read(cls, example_files: Sequence[str], catalog_file: str) -> _EvaluationSplit:
+        subgraphs, targets, seen = read_evaluation_points(example_files)
+        entries = read_catalog(catalog_file)
+        return cls(
+            list(subgraphs),
+            list(targets),
+            [list(x) for x in seen],
+            [e.item.item_id for e in entries],
+            {e.item.item_id: e.train_count for e in entries},
+        )
+
+    def metrics(self, rankings: Sequence[Sequence[str]]) -> dict[str, float]:
+        return ranking_metrics(rankings, [[t] for t in self.targets])
+
+
+def _model_metrics(loaded: Any, split: _EvaluationSplit, offsets: Mapping[str, float]) -> dict[str, float]:
+    """The model's metrics on the split: as served, or without `offsets` when there are any."""
+    if offsets:
+        return split.metrics(
+            rankings_without_offsets(loaded, split.subgraphs, split.seen, split.item_ids, offsets, MAX_CUTOFF)
+        )
+    return split.metrics(signature_rankings(loaded, split.subgraphs, split.seen, MAX_CUTOFF))
+
+
+def _evaluation(loaded: Any, split: _EvaluationSplit, offsets: Mapping[str, float]) -> dict[str, Any]:
+    popular = items_by_popularity(split.train_counts)
+    return {
+        "protocol": "chronological leave-one-out; full ranking over all items the user has not interacted with",
+        "model": _model_metrics(loaded, split, offsets),
+        "popularity": split.metrics([popularity_ranking(popular, exclude) for exclude in split.seen]),
+    }
 
 
 def evaluate(
@@ -148,30 +201,16 @@ def evaluate(
     Returns:
       {"model": metrics, "popularity": metrics, "protocol": description}.
     """
-    subgraphs, targets, seen = read_evaluation_points(example_files)
-    entries = read_catalog(catalog_file)
-    counts = {e.item.item_id: e.train_count for e in entries}
-    popular = items_by_popularity(counts)
     offsets = read_score_offsets(model_dir) if without_score_offsets else {}
-    if offsets:
-        loaded = tf.saved_model.load(model_dir)
-        item_ids = [e.item.item_id for e in entries]
-        rankings = rankings_without_offsets(loaded, subgraphs, seen, item_ids, offsets, MAX_CUTOFF)
-    else:
-        rankings = saved_model_rankings(model_dir, subgraphs, seen)
-    return {
-        "protocol": "chronological leave-one-out; full ranking over all items the user has not interacted with",
-        "model": ranking_metrics(rankings, [[t] for t in targets]),
-        "popularity": ranking_metrics(
-            [popularity_ranking(popular, exclude) for exclude in seen], [[t] for t in targets]
-        ),
-    }
+    return _evaluation(tf.saved_model.load(model_dir), _EvaluationSplit.read(example_files, catalog_file), offsets)
 
 
 def judge(
     candidate_dir: str, baseline_dir: str | None, example_files: Sequence[str], catalog_file: str
 ) -> dict[str, Any]:
     """The candidate's metrics and whether it may replace the last blessed model.
+
+    The split is read, and each model loaded, once.
 
     Args:
       candidate_dir: the candidate's exported SavedModel.
@@ -186,16 +225,21 @@ def judge(
       without them ("model_without_score_offsets",
       "baseline_model_without_score_offsets"), which the rule then compares.
     """
-    result = evaluate(candidate_dir, example_files, catalog_file)
+    split = _EvaluationSplit.read(example_files, catalog_file)
+    candidate = tf.saved_model.load(candidate_dir)
+    result = _evaluation(candidate, split, {})
     value = result["model"][BLESSING_METRIC]
     baseline_value = None
     rule = f"{BLESSING_METRIC} >= last blessed model's"
     if baseline_dir is not None:
-        result["baseline_model"] = evaluate(baseline_dir, example_files, catalog_file)["model"]
+        baseline = tf.saved_model.load(baseline_dir)
+        result["baseline_model"] = _model_metrics(baseline, split, {})
         baseline_value = result["baseline_model"][BLESSING_METRIC]
-        if read_score_offsets(candidate_dir) != read_score_offsets(baseline_dir):
-            own = evaluate(candidate_dir, example_files, catalog_file, without_score_offsets=True)["model"]
-            theirs = evaluate(baseline_dir, example_files, catalog_file, without_score_offsets=True)["model"]
+        own_offsets, their_offsets = read_score_offsets(candidate_dir), read_score_offsets(baseline_dir)
+        if own_offsets != their_offsets:
+            # An empty mapping ranks as served, which is then also the ranking without offsets.
+            own = _model_metrics(candidate, split, own_offsets) if own_offsets else result["model"]
+            theirs = _model_metrics(baseline, split, their_offsets) if their_offsets else result["baseline_model"]
             result["model_without_score_offsets"] = own
             result["baseline_model_without_score_offsets"] = theirs
             value, baseline_value = own[BLESSING_METRIC], theirs[BLESSING_METRIC]
