@@ -27,6 +27,12 @@ def main(argv: list[str] | None = None) -> int:
         help=f"smoke run: first {QUICK_USERS} users, two grid points, few epochs; writes "
         "bench/results/quality.quick.json unless --output is given",
     )
+    parser.add_argument(
+        "--add-seeds",
+        action="store_true",
+        help="widen each model's existing entry in the results file to seeds 0..N-1, fitting only "
+        "the seeds it lacks with its recorded config (no new grid search)",
+    )
     parser.add_argument("--output", default=None, help="results file (merged into if it exists)")
     parser.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="input window (events)")
     parser.add_argument("--cold-threshold", type=int, default=DEFAULT_COLD_THRESHOLD)
@@ -58,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         quick=args.quick,
         cold_threshold=args.cold_threshold,
         command=command.strip(),
+        extend=args.add_seeds,
     )
     return 0
 

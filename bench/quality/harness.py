@@ -287,38 +287,13 @@ def run_model(
         else:
             print(f"[quality] model={name} seed={seed} fitting config={json.dumps(chosen)}", flush=True)
             recommender, info = _fit(spec, name, chosen, split, seed, "")
-        record = {
-            "seed": seed,
-            "train_s": info.train_s,
-            "params": info.params,
-            "epochs": info.epochs,
-            "best_epoch": info.best_epoch,
-            "validation": evaluate(recommender, split.eval_points),
-            "test": evaluate(recommender, split.test_points),
-            "cold_items": evaluate(recommender, cold_points),
-        }
+        record = _seed_record(name, recommender, info, seed, split, cold_points)
         per_seed.append(record)
         if len(grid) == 1 and seed == seeds[0]:
             grid_points.append(_grid_record(chosen, record["validation"], info))
-        test = record["test"]
-        print(
-            f"[quality] model={name} seed={seed} done train_s={info.train_s:.1f} params={info.params} "
-            + " ".join(f"{m}={test[m]:.4f}" for m in METRIC_NAMES),
-            flush=True,
-        )
         del recommender
-    entry: dict[str, Any] = {
-        **_summarise([r["test"] for r in per_seed]),
-        "train_s": float(np.mean([r["train_s"] for r in per_seed])),
-        "params": int(per_seed[0]["params"]),
-        "validation": _summarise([r["validation"] for r in per_seed]),
-        "config": chosen,
-        "seeds": list(seeds),
-        "description": spec.description,
-        "per_seed": per_seed,
-    }
     return {
-        "model": entry,
+        "model": _model_entry(per_seed, chosen, spec.description),
         "grid": {
             "selection": f"validation {SELECTION_METRIC}, seed {tuning_seed}",
             "chosen": chosen,
@@ -326,6 +301,92 @@ def run_model(
         },
         "cold_items": _summarise([r["cold_items"] for r in per_seed]) if cold_points else {},
         "cold_points": len(cold_points),
+    }
+
+
+def add_seeds(
+    name: str,
+    entry: Mapping[str, Any],
+    split: LeaveOneOutSplit,
+    seeds: Sequence[int],
+    cold_threshold: int = DEFAULT_COLD_THRESHOLD,
+) -> dict[str, Any]:
+    """Fits an existing entry's chosen config with the seeds it lacks; returns the widened run.
+
+    Three fits cannot separate differences under about 0.01 NDCG@10 here, so
+    a comparison can be widened later without refitting what is already
+    measured. The grid is not searched again: the entry's `config` (the
+    earlier choice) is fitted, so the added seeds are the same experiment.
+
+    Args:
+      name: a registered model with an entry in the results.
+      entry: that entry, as in `quality.json`'s `models`.
+      split: the split the entry was measured on.
+      seeds: the seeds wanted; those already in the entry's `per_seed` are skipped.
+      cold_threshold: as for `run_model`.
+
+    Returns:
+      `{"model": entry with every seed, "cold_items": ..., "cold_points": n}`.
+    """
+    spec = REGISTRY[name]
+    chosen = dict(entry["config"])
+    if len(spec.grid) == 1 and dict(spec.grid[0]) != chosen:
+        raise ValueError(f"{name}'s entry was made with config {chosen}, but it is registered as {spec.grid[0]}")
+    cold = split.cold_items(cold_threshold)
+    cold_points = [p for p in split.test_points if p.target_item in cold]
+    per_seed = list(entry["per_seed"])
+    done = {r["seed"] for r in per_seed}
+    for seed in (s for s in seeds if s not in done):
+        print(f"[quality] model={name} seed={seed} adding a seed, config={json.dumps(chosen)}", flush=True)
+        recommender, info = _fit(spec, name, chosen, split, seed, "")
+        per_seed.append(_seed_record(name, recommender, info, seed, split, cold_points))
+        del recommender
+    per_seed.sort(key=lambda r: r["seed"])
+    widened = {**entry, **_model_entry(per_seed, chosen, entry.get("description", spec.description))}
+    return {
+        "model": widened,
+        "cold_items": _summarise([r["cold_items"] for r in per_seed]) if cold_points else {},
+        "cold_points": len(cold_points),
+    }
+
+
+def _seed_record(
+    name: str,
+    recommender: Recommender,
+    info: FitInfo,
+    seed: int,
+    split: LeaveOneOutSplit,
+    cold_points: Sequence[PredictionPoint],
+) -> dict[str, Any]:
+    record = {
+        "seed": seed,
+        "train_s": info.train_s,
+        "params": info.params,
+        "epochs": info.epochs,
+        "best_epoch": info.best_epoch,
+        "validation": evaluate(recommender, split.eval_points),
+        "test": evaluate(recommender, split.test_points),
+        "cold_items": evaluate(recommender, cold_points),
+    }
+    test = record["test"]
+    print(
+        f"[quality] model={name} seed={seed} done train_s={info.train_s:.1f} params={info.params} "
+        + " ".join(f"{m}={test[m]:.4f}" for m in METRIC_NAMES),
+        flush=True,
+    )
+    return record
+
+
+def _model_entry(per_seed: Sequence[Mapping[str, Any]], chosen: Mapping[str, Any], description: str) -> dict:
+    return {
+        **_summarise([r["test"] for r in per_seed]),
+        "train_s": float(np.mean([r["train_s"] for r in per_seed])),
+        "params": int(per_seed[0]["params"]),
+        "validation": _summarise([r["validation"] for r in per_seed]),
+        "config": dict(chosen),
+        "seeds": [r["seed"] for r in per_seed],
+        "description": description,
+        "per_seed": list(per_seed),
     }
 
 
@@ -359,7 +420,8 @@ def merge_results(existing: Mapping[str, Any], protocol: Mapping[str, Any], name
         results = {}
     results["protocol"] = dict(protocol)
     results.setdefault("models", {})[name] = run["model"]
-    results.setdefault("grids", {})[name] = run["grid"]
+    if "grid" in run:
+        results.setdefault("grids", {})[name] = run["grid"]
     slice_entry = results.setdefault("slices", {}).setdefault(
         "cold_items",
         {"definition": protocol["cold_slice"], "threshold": protocol["cold_threshold"], "models": {}},
@@ -388,8 +450,14 @@ def run_benchmark(
     cold_threshold: int = DEFAULT_COLD_THRESHOLD,
     command: str = "",
     on_model_done: Callable[[str, Mapping[str, Any]], None] | None = None,
+    extend: bool = False,
 ) -> dict[str, Any]:
-    """Runs the models one after another, merging each into `output` as soon as it finishes."""
+    """Runs the models one after another, merging each into `output` as soon as it finishes.
+
+    With `extend`, each model's existing entry in `output` gets the seeds it
+    lacks (`add_seeds`) instead of being measured afresh; the run is logged
+    in the entry's `added_seeds`.
+    """
     models = list(models)
     unknown = [m for m in models if m not in REGISTRY]
     if unknown:
@@ -398,17 +466,44 @@ def run_benchmark(
     results: dict[str, Any] = load_results(output)
     for name in models:
         started = time.time()
-        run = run_model(name, split, seeds, quick=quick, cold_threshold=cold_threshold)
-        run["model"]["command"] = command
-        run["model"]["date"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-        run["model"]["machine"] = _machine()
-        run["model"]["wall_s"] = time.time() - started
+        stamp = {
+            "command": command,
+            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "machine": _machine(),
+        }
+        if extend:
+            existing = load_results(output)
+            run = _extended_run(name, existing, protocol, split, seeds, cold_threshold)
+            added = sorted(set(run["model"]["seeds"]) - set(existing["models"][name]["seeds"]))
+            log = {"seeds": added, **stamp, "wall_s": time.time() - started}
+            run["model"]["added_seeds"] = [*run["model"].get("added_seeds", []), log]
+        else:
+            run = run_model(name, split, seeds, quick=quick, cold_threshold=cold_threshold)
+            run["model"].update(stamp, wall_s=time.time() - started)
         results = merge_results(load_results(output), protocol, name, run)
         write_results(output, results)
         print(f"[quality] model={name} written to {output} ({time.time() - started:.0f}s)", flush=True)
         if on_model_done is not None:
             on_model_done(name, results)
     return results
+
+
+def _extended_run(
+    name: str,
+    existing: Mapping[str, Any],
+    protocol: Mapping[str, Any],
+    split: LeaveOneOutSplit,
+    seeds: Sequence[int],
+    cold_threshold: int,
+) -> dict[str, Any]:
+    entry = existing.get("models", {}).get(name)
+    if entry is None:
+        raise KeyError(f"no entry for {name} to add seeds to; run it without extending first")
+    old_protocol = existing.get("protocol", {})
+    differing = [k for k in (*PROTOCOL_KEYS, "quick") if old_protocol.get(k) != protocol.get(k)]
+    if differing:
+        raise ValueError(f"{name}'s entry was measured under another protocol ({', '.join(differing)} differ)")
+    return add_seeds(name, entry, split, seeds, cold_threshold)
 
 
 def markdown_table(results: Mapping[str, Any]) -> str:

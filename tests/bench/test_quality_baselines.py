@@ -206,6 +206,48 @@ def test_harness_writes_the_documented_shape_and_merges(tmp_path, monkeypatch) -
     assert again["models"]["cooc"] == before and again["models"]["pop"]["seeds"] == [0]
 
 
+class _SeededPopularity(Popularity):
+    """Popularity shuffled by the seed, so seeds differ; records the seeds it was fitted with."""
+
+    fitted: list[int] = []
+
+    def fit(self, split, seed):  # type: ignore[no-untyped-def]
+        info = super().fit(split, seed)
+        self.fitted.append(seed)
+        self._ranked = list(np.random.default_rng(seed).permutation(self._ranked))
+        return info
+
+
+def test_harness_adds_seeds_to_an_entry_without_refitting_its_own(tmp_path, monkeypatch) -> None:
+    split = _cooccurrence_split()
+    fitted: list[int] = []
+    monkeypatch.setattr(_SeededPopularity, "fitted", fitted)
+    monkeypatch.setitem(h.REGISTRY, "pop", ModelSpec(lambda config: _SeededPopularity(config)))
+    output = str(tmp_path / "quality.json")
+    with pytest.raises(KeyError, match="no entry for pop"):
+        h.run_benchmark(split, ["pop"], seeds=[0, 1], output=output, extend=True)
+    h.run_benchmark(split, ["pop"], seeds=[0, 1], output=output, command="first")
+    h.run_benchmark(split, ["pop"], seeds=[0, 1, 2, 3], output=output, command="wider", extend=True)
+    assert fitted == [0, 1, 2, 3]
+    with open(output) as f:
+        entry = json.load(f)["models"]["pop"]
+    assert entry["seeds"] == [0, 1, 2, 3] and [r["seed"] for r in entry["per_seed"]] == [0, 1, 2, 3]
+    assert entry["command"] == "first"
+    assert [(a["seeds"], a["command"]) for a in entry["added_seeds"]] == [([2, 3], "wider")]
+    # The summary is recomputed over all four seeds, the new ones fitted afresh.
+    h.run_benchmark(split, ["pop"], seeds=[0, 1, 2, 3], output=str(tmp_path / "direct.json"))
+    with open(tmp_path / "direct.json") as f:
+        direct = json.load(f)["models"]["pop"]
+    assert direct["per_seed"][0]["test"] != direct["per_seed"][1]["test"]
+    for metric in ("ndcg@10", "hr@10"):
+        assert entry[metric] == pytest.approx(direct[metric])
+        assert entry["validation"][metric] == pytest.approx(direct["validation"][metric])
+    # A registered config that no longer matches the entry's is refused.
+    monkeypatch.setitem(h.REGISTRY, "pop", ModelSpec(lambda config: _SeededPopularity(config), grid=[{"other": 1}]))
+    with pytest.raises(ValueError, match="made with config"):
+        h.run_benchmark(split, ["pop"], seeds=[0, 1, 2, 3, 4], output=output, extend=True)
+
+
 def test_harness_rejects_unknown_models(tmp_path) -> None:
     with pytest.raises(KeyError, match="unknown model"):
         h.run_benchmark(_cooccurrence_split(), ["nope"], seeds=[0], output=str(tmp_path / "q.json"))
