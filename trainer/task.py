@@ -198,7 +198,6 @@ def train(inputs: TrainingInputs, config: TrainerConfig) -> dict[str, Any]:
     Returns:
       The training history (per-epoch losses) and timings.
     """
-    tf.keras.utils.set_random_seed(config.seed)
     entries = read_catalog(inputs.catalog_file)
     start = time.time()
     if config.text_finetune_layers:
@@ -206,6 +205,9 @@ def train(inputs: TrainingInputs, config: TrainerConfig) -> dict[str, Any]:
         vectors = np.zeros((len(entries), 0), np.float32)
     else:
         vectors = item_text_vectors(entries, inputs.bert_dir, inputs.cache_dir, config.text_sequence_length)
+    # Seeded after the text vectors: building BERT on a cache miss draws random
+    # numbers, and the model must start the same whether or not the cache hit.
+    tf.keras.utils.set_random_seed(config.seed)
     model = build_model(entries, vectors, config, inputs.bert_dir)
     text_s = time.time() - start
     optimizer = tf.keras.optimizers.Adam(config.learning_rate)
