@@ -229,7 +229,8 @@ def train(inputs: TrainingInputs, config: TrainerConfig) -> dict[str, Any]:
         callbacks=_training_callbacks(inputs, config),
     )
     fit_s = time.time() - start
-    warmup = [x.numpy() for x in tf.data.TFRecordDataset(tf.io.gfile.glob(inputs.eval_files[0]), "GZIP").take(2)]
+    eval_files = sorted(tf.io.gfile.glob(inputs.eval_files[0]))
+    warmup = [x.numpy() for x in tf.data.TFRecordDataset(eval_files, "GZIP").take(2)]
     export_serving_model(model, inputs.serving_model_dir, warmup, _score_offsets(entries, model, config))
     result = {
         "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},

@@ -20,6 +20,7 @@ co-interaction neighbours, both from the training split only) into its output.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections import Counter
@@ -41,6 +42,9 @@ from schemas.catalog import CatalogEntry, catalog_path, write_catalog
 from schemas.events import Event, Item, read_items, reviews_with_text
 
 SPLITS = ("train", "eval", "test")
+# Files per split. Each is sorted in memory by one worker (see _WriteShard), so
+# larger data wants more.
+DEFAULT_EXAMPLE_SHARDS = 8
 
 
 class DataAnomaliesError(RuntimeError):
@@ -120,8 +124,81 @@ class _BuildUserExamples(beam.DoFn):
         user_id, events = element
         events = list(events)
         sentiments = self._sentiments(events)
-        for split, example in split_user_history(user_id, events, self._max_events, self._categories, sentiments):
-            yield beam.pvalue.TaggedOutput(split, example)
+        examples = split_user_history(user_id, events, self._max_events, self._categories, sentiments)
+        for position, (split, example) in enumerate(examples):
+            yield beam.pvalue.TaggedOutput(split, (user_id, position, example))
+
+
+def example_shard(user_id: str, num_shards: int) -> int:
+    """The output file a user's examples go to: a stable hash, the same in every run."""
+    return int.from_bytes(hashlib.sha256(user_id.encode()).digest()[:8], "big") % num_shards
+
+
+def _shard_path(prefix: str, shard: int, num_shards: int) -> str:
+    return f"{prefix}-{shard:05d}-of-{num_shards:05d}.gz"
+
+
+class _WriteShard(beam.DoFn):
+    """Writes one shard's examples ordered by user, then by the user's own order.
+
+    A runner hands a GroupByKey's output over in whatever order its bundles
+    finish, so a plain file sink changes the example order from run to run,
+    and with it the trainer's shuffled batches and the trained model. Sorting
+    each shard (one worker holds 1/num_shards of the split) makes the files,
+    and so training, the same in every run.
+    """
+
+    def __init__(self, prefix: str, num_shards: int) -> None:
+        self._prefix = prefix
+        self._num_shards = num_shards
+
+    def process(self, element: tuple[int, Iterable[tuple[str, int, bytes]]]) -> Iterator[str]:
+        shard, records = element
+        path = _shard_path(self._prefix, shard, self._num_shards)
+        # Written aside and renamed, so a retried bundle never leaves half a file.
+        partial = f"{path}.partial"
+        tf.io.gfile.makedirs(os.path.dirname(path))
+        with tf.io.TFRecordWriter(partial, options="GZIP") as writer:
+            for _, _, example in sorted(records, key=lambda r: (r[0], r[1])):
+                writer.write(example)
+        tf.io.gfile.rename(partial, path, overwrite=True)
+        yield path
+
+
+class WriteInUserOrder(beam.PTransform):
+    """Writes (user_id, position, serialized example) records as gzipped TFRecord shards.
+
+    Every run writes the same files: a user's examples go to the shard of a
+    stable hash of the user id, and each shard is ordered by user, then by
+    position.
+
+    Args:
+      prefix: path prefix of the files (`<prefix>-00003-of-00008.gz`).
+      num_shards: how many files.
+    """
+
+    def __init__(self, prefix: str, num_shards: int) -> None:
+        super().__init__()
+        self._prefix = prefix
+        self._num_shards = num_shards
+
+    def expand(self, records: beam.PCollection) -> beam.PCollection:
+        num_shards = self._num_shards
+        return (
+            records
+            | "Shard" >> beam.Map(lambda r: (example_shard(r[0], num_shards), r))
+            | "GroupShard" >> beam.GroupByKey()
+            | "WriteShard" >> beam.ParDo(_WriteShard(self._prefix, num_shards))
+        )
+
+
+def _write_empty_shards(prefix: str, num_shards: int) -> None:
+    """Shards no user hashed to still exist, so every split has its num_shards files."""
+    for shard in range(num_shards):
+        path = _shard_path(prefix, shard, num_shards)
+        if not tf.io.gfile.exists(path):
+            with tf.io.TFRecordWriter(path, options="GZIP"):
+                pass
 
 
 def _training_items(element: tuple[str, Iterable[Event]]) -> list[str]:
@@ -171,6 +248,10 @@ class GraphBuilderExecutor(base_beam_executor.BaseBeamExecutor):
             os.path.join(artifact_utils.get_split_uri([examples], split), "*")
             for split in artifact_utils.decode_split_names(examples.split_names)
         ]
+        num_shards = int(exec_properties.get("example_shards") or DEFAULT_EXAMPLE_SHARDS)
+        prefixes = {
+            split: os.path.join(artifact_utils.get_split_uri([output], split), "data_tfrecord") for split in SPLITS
+        }
         counts_path = os.path.join(output.uri, "train_item_counts")
         pairs_path = os.path.join(output.uri, "co_interaction_counts")
         with self._make_beam_pipeline() as p:
@@ -186,10 +267,7 @@ class GraphBuilderExecutor(base_beam_executor.BaseBeamExecutor):
                 _BuildUserExamples(items_path, max_events, review_sentiment_dir, bert_dir)
             ).with_outputs(*SPLITS)
             for split in SPLITS:
-                _ = per_split[split] | f"Write{split}" >> beam.io.WriteToTFRecord(
-                    os.path.join(artifact_utils.get_split_uri([output], split), "data_tfrecord"),
-                    file_name_suffix=".gz",
-                )
+                _ = per_split[split] | f"Write{split}" >> WriteInUserOrder(prefixes[split], num_shards)
             training_items = by_user | "TrainingItems" >> beam.Map(_training_items)
             for name, path, keys in (
                 ("Items", counts_path, beam.FlatMap(lambda sequence: sequence)),
@@ -202,6 +280,8 @@ class GraphBuilderExecutor(base_beam_executor.BaseBeamExecutor):
                     | f"{name}ToJson" >> beam.Map(json.dumps)
                     | f"Write{name}" >> beam.io.WriteToText(path, num_shards=1, shard_name_template="")
                 )
+        for prefix in prefixes.values():
+            _write_empty_shards(prefix, num_shards)
         write_catalog(catalog_path(output.uri), _catalog_entries(items_path, counts_path, pairs_path))
 
 
@@ -233,6 +313,7 @@ class GraphBuilderSpec(types.ComponentSpec):
         "max_events": ExecutionParameter(type=int),
         "review_sentiment_dir": ExecutionParameter(type=str, optional=True),
         "bert_dir": ExecutionParameter(type=str, optional=True),
+        "example_shards": ExecutionParameter(type=int, optional=True),
     }
     INPUTS = {
         "examples": ChannelParameter(type=standard_artifacts.Examples),
@@ -252,6 +333,8 @@ class GraphBuilder(base_beam_component.BaseBeamComponent):
       review_sentiment_dir: the review sentiment head (`ReviewSentiment.save`);
         needed only when events carry review text.
       bert_dir: the BERT folder the head reads review text with.
+      example_shards: files per split; a split's examples are written in the
+        same order in every run (by user, then time), so training repeats.
     """
 
     SPEC_CLASS = GraphBuilderSpec
@@ -265,6 +348,7 @@ class GraphBuilder(base_beam_component.BaseBeamComponent):
         max_events: int,
         review_sentiment_dir: str = "",
         bert_dir: str = "",
+        example_shards: int = DEFAULT_EXAMPLE_SHARDS,
     ):
         super().__init__(
             spec=GraphBuilderSpec(
@@ -274,6 +358,7 @@ class GraphBuilder(base_beam_component.BaseBeamComponent):
                 max_events=max_events,
                 review_sentiment_dir=review_sentiment_dir,
                 bert_dir=bert_dir,
+                example_shards=example_shards,
                 graph_examples=types.Channel(type=standard_artifacts.Examples),
             )
         )

@@ -1,12 +1,18 @@
 from __future__ import annotations
 
+import os
+import random
+
+import apache_beam as beam
 import pytest
 import tensorflow as tf
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 
 from pipeline.components.graph_builder import (
     MissingReviewSentimentError,
+    WriteInUserOrder,
     _BuildUserExamples,
+    example_shard,
     read_anomalies,
     split_user_history,
 )
@@ -117,10 +123,38 @@ def test_review_events_carry_the_heads_sentiment(tmp_path, review_sentiment_run:
     builder, events = _review_user(tmp_path)
     builder = _BuildUserExamples(builder._items_path, 50, review_sentiment_run["result"]["head_dir"], bert_dir)
     builder.setup()
-    test_example = [out.value for out in builder.process(("u", events)) if out.tag == "test"][0]
+    ((user, _, test_example),) = (out.value for out in builder.process(("u", events)) if out.tag == "test")
+    assert user == "u"
     features = tf.train.Example.FromString(test_example).features.feature
     types = [v.decode() for v in features[f"edges/{g.EVENT}.{g.EVENT_TYPE}"].bytes_list.value]
     sentiment = list(features[f"edges/{g.EVENT}.{g.EVENT_SENTIMENT}"].float_list.value)
     assert types.count("review") == 1
     assert sentiment[types.index("review")] < -0.2
     assert all(v == 0.0 for t, v in zip(types, sentiment, strict=True) if t != "review")
+
+
+def _written(prefix: str, records: list[tuple[str, int, bytes]], num_shards: int) -> dict[str, list[bytes]]:
+    with beam.Pipeline() as p:
+        _ = p | beam.Create(records, reshuffle=False) | WriteInUserOrder(prefix, num_shards)
+    files = sorted(tf.io.gfile.glob(prefix + "*"))
+    return {os.path.basename(f): [r.numpy() for r in tf.data.TFRecordDataset(f, "GZIP")] for f in files}
+
+
+def test_examples_are_written_in_the_same_order_whatever_order_they_arrive_in(tmp_path) -> None:
+    """The runner's bundle order must not reach the files: it would change the trained model."""
+    records = [(f"u{u}", k, f"u{u}-example{k}".encode()) for u in range(20) for k in range(5)]
+    shuffled = list(records)
+    random.Random(0).shuffle(shuffled)
+    first = _written(str(tmp_path / "a" / "data"), records, 4)
+    second = _written(str(tmp_path / "b" / "data"), shuffled, 4)
+    assert first == second
+    assert sorted(first) == [f"data-{k:05d}-of-00004.gz" for k in range(4)]
+    written = [r for shard in first.values() for r in shard]
+    assert sorted(written) == sorted(r[2] for r in records), "every example exactly once"
+    for name, shard in first.items():
+        users = [r.split(b"-")[0].decode() for r in shard]
+        assert users == sorted(users), "a shard is ordered by user"
+        assert {example_shard(u, 4) for u in users} == {int(name.split("-")[1])}
+        for user in set(users):
+            own = [r for r in shard if r.startswith(user.encode() + b"-")]
+            assert own == [f"{user}-example{k}".encode() for k in range(5)], "a user's examples keep their order"
