@@ -18,11 +18,10 @@ read these names; nothing else spells them.
 interest vectors per user (a person can like more than one kind of thing); an
 item's score is its best match over the user's interests. It is computed from
 the user's interest subgraph (schemas/graph.py). NUM_INTERESTS is the default
-count: 1, because on MovieLens-100k four interests, each with its own attention
-over the window (trainer/multi_interest.py), measured no better on test
-(NDCG@10 0.1080 +- 0.0037 vs 0.1098 +- 0.0034 over 3 seeds; bench/quality).
-A reader takes the count from the tensor: a model trained with another
-`num_interests` serves the same signatures.
+count: 4, each pooling the user's events with its own attention query
+(trainer/multi_interest.py), chosen on validation (bench/quality). A reader
+takes the count from the tensor: a model trained with another `num_interests`
+serves the same signatures.
 
 The readable interest graph: the window items and categories that weigh most
 in the user's current interests, with weights that sum to 1 over the window
@@ -42,7 +41,7 @@ import dataclasses
 
 DEFAULT_MODEL_NAME = "interest_graph"
 INTEREST_DIM = 64
-NUM_INTERESTS = 1
+NUM_INTERESTS = 4
 TOP_INTEREST_ITEMS = 10
 TOP_INTEREST_CATEGORIES = 5
 # The long-term memory: the recency-weighted mean item vector of the events
