@@ -123,7 +123,9 @@ class TrainerConfig:
         against 0.1098 +- 0.0034 unlifted, and 0.0570 +- 0.0256 against 0 on
         the cold-item slice (12 points; popularity 0). With four interests
         (seeds 0-4) 0.1050 +- 0.0031 against 0.1068 +- 0.0035 unlifted
-        (validation -1.5 %), cold slice 0.0543 +- 0.0287.
+        (validation -1.5 %), cold slice 0.0543 +- 0.0287; the sweep on the
+        four-interest model chose 1.25 again (validation -1.9 %,
+        `bench/results/rare_item_boost_4_interests.json`).
       rare_item_boost_below: training interactions from which an item gets
         no lift.
     """
