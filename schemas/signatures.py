@@ -13,6 +13,8 @@ read these names; nothing else spells them.
                                                          given memory
     recommend(interest_state, exclude_item_ids, k)    -> item_ids, scores
     score(interest_state, item_ids)                   -> scores
+    encode_items(titles, descriptions,                -> item_vectors, item_bias
+                 item_categories)
 
 `interest_state` is float32 [batch, interests, INTEREST_DIM]: one or more
 interest vectors per user (a person can like more than one kind of thing); an
@@ -28,6 +30,13 @@ in the user's current interests, with weights that sum to 1 over the window
 (`interest_item_ids`/`interest_item_weights`, top TOP_INTEREST_ITEMS;
 `interest_categories`/`interest_category_weights`, top TOP_INTEREST_CATEGORIES;
 padded with "" and weight 0).
+
+`encode_items` places items the model never saw (added to the catalog after
+training) in its item space: text through the model's BERT, categories
+through its category embeddings, and the bias the model gives items it knows
+least. `item_categories` is padded with ""; categories the model does not
+know are ignored. A client scores such items as `score` does its own: the
+best match over the user's interests plus the bias.
 
 `exclude_item_ids` is padded with "" (which never names an item); `k` is int32
 [batch], one list length per row (every input has the batch dimension, which
@@ -54,6 +63,7 @@ UPDATE_INTEREST = "update_interest"
 FOLD_INTEREST = "fold_interest"
 RECOMMEND = "recommend"
 SCORE = "score"
+ENCODE_ITEMS = "encode_items"
 # A request without a signature name gets TF Serving's "serving_default"; the
 # export makes it the same function as update_interest.
 DEFAULT_SIGNATURE = "serving_default"
@@ -69,6 +79,11 @@ INTEREST_ITEM_IDS = "interest_item_ids"
 INTEREST_ITEM_WEIGHTS = "interest_item_weights"
 INTEREST_CATEGORIES = "interest_categories"
 INTEREST_CATEGORY_WEIGHTS = "interest_category_weights"
+TITLES = "titles"
+DESCRIPTIONS = "descriptions"
+ITEM_CATEGORIES = "item_categories"
+ITEM_VECTORS = "item_vectors"
+ITEM_BIAS = "item_bias"
 
 PADDING_ITEM_ID = ""
 
@@ -134,5 +149,17 @@ SIGNATURES: dict[str, SignatureContract] = {
             TensorContract(ITEM_IDS, "string", (None, None)),
         ),
         outputs=(TensorContract(SCORES, "float32", (None, None)),),
+    ),
+    ENCODE_ITEMS: SignatureContract(
+        ENCODE_ITEMS,
+        inputs=(
+            TensorContract(TITLES, "string", (None,)),
+            TensorContract(DESCRIPTIONS, "string", (None,)),
+            TensorContract(ITEM_CATEGORIES, "string", (None, None)),
+        ),
+        outputs=(
+            TensorContract(ITEM_VECTORS, "float32", (None, INTEREST_DIM)),
+            TensorContract(ITEM_BIAS, "float32", (None,)),
+        ),
     ),
 }

@@ -25,6 +25,7 @@ from schemas import signatures as s  # noqa: E402
 from trainer.graph_dataset import graph_tensor_spec, parse_subgraphs  # noqa: E402
 from trainer.interest_model import InterestModel, best_interest_scores, readable_interest_graph  # noqa: E402
 from trainer.item_tower import OOV_INDEX  # noqa: E402
+from trainer.new_item_encoder import NewItemEncoder  # noqa: E402
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 
@@ -38,8 +39,13 @@ def export_serving_model(
     export_dir: str,
     warmup_subgraphs: Sequence[bytes],
     score_offsets: np.ndarray | None = None,
+    new_items: NewItemEncoder | None = None,
 ) -> None:
     """Writes the SavedModel with the update, fold, recommend and score signatures.
+
+    And `encode_items` when `new_items` is given: the trainer always gives
+    it; it needs the BERT the item text vectors came from, which models
+    trained on stand-in text vectors (unit tests) do not have.
 
     Args:
       model: the trained model.
@@ -50,6 +56,7 @@ def export_serving_model(
         to its learned bias in every score the export serves (e.g.
         `trainer.rare_item_boost.rare_item_lift`); None adds nothing. The
         nonzero ones are also written to `SCORE_OFFSETS_FILE`.
+      new_items: encodes items added after training (`encode_items`).
     """
     spec = graph_tensor_spec()
     tower = model.item_tower
@@ -131,6 +138,18 @@ def export_serving_model(
     archive.add_endpoint(s.FOLD_INTEREST, fold_interest)
     archive.add_endpoint(s.RECOMMEND, recommend)
     archive.add_endpoint(s.SCORE, score)
+    if new_items is not None:
+        # An attribute, so the SavedModel keeps its BERT weights and look-up tables.
+        archive.new_items = new_items
+
+        @tf.function(input_signature=_spec(s.SIGNATURES[s.ENCODE_ITEMS]))
+        def encode_items(
+            titles: tf.Tensor, descriptions: tf.Tensor, item_categories: tf.Tensor
+        ) -> dict[str, tf.Tensor]:
+            vectors, bias = new_items(titles, descriptions, item_categories)
+            return {s.ITEM_VECTORS: vectors, s.ITEM_BIAS: bias}
+
+        archive.add_endpoint(s.ENCODE_ITEMS, encode_items)
     # write_out prints every endpoint's full signature to stdout; the log keeps it instead.
     interactive = tf.keras.utils.is_interactive_logging_enabled()
     tf.keras.utils.disable_interactive_logging()
@@ -139,7 +158,7 @@ def export_serving_model(
     finally:
         if interactive:
             tf.keras.utils.enable_interactive_logging()
-    write_warmup_requests(export_dir, update_interest, warmup_subgraphs, tower.item_ids[:3])
+    write_warmup_requests(export_dir, update_interest, warmup_subgraphs, tower.item_ids[:3], new_items is not None)
     nonzero = {item_id: float(v) for item_id, v in zip(tower.item_ids, offsets[OOV_INDEX + 1 :], strict=True) if v}
     with tf.io.gfile.GFile(os.path.join(export_dir, s.SCORE_OFFSETS_FILE), "w") as f:
         json.dump(nonzero, f)
@@ -150,8 +169,9 @@ def write_warmup_requests(
     update_interest: tf.types.experimental.GenericFunction,
     subgraphs: Sequence[bytes],
     sample_item_ids: Sequence[str],
+    encode_items: bool = False,
 ) -> None:
-    """Writes one PredictionLog per signature, as TF Serving's warmup expects."""
+    """Writes one PredictionLog per signature, as TF Serving's warmup expects (`encode_items`: it is one)."""
     subgraph_batch = tf.constant(list(subgraphs), tf.string)
     outputs = update_interest(subgraph_batch)
     state = outputs[s.INTEREST_STATE].numpy()
@@ -166,6 +186,12 @@ def write_warmup_requests(
         },
         s.SCORE: {s.INTEREST_STATE: state, s.ITEM_IDS: tf.constant([list(sample_item_ids)] * n)},
     }
+    if encode_items:
+        requests[s.ENCODE_ITEMS] = {
+            s.TITLES: tf.constant(["A new item", "Café crème (2024)"]),
+            s.DESCRIPTIONS: tf.constant(["", "Its description."]),
+            s.ITEM_CATEGORIES: tf.constant([["", ""], ["drama", "comedy"]]),
+        }
     path = os.path.join(export_dir, WARMUP_FILE)
     tf.io.gfile.makedirs(os.path.dirname(path))
     with tf.io.TFRecordWriter(path) as writer:

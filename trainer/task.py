@@ -23,7 +23,8 @@ from trainer.export import export_serving_model  # noqa: E402
 from trainer.fine_tuned_text import FineTunedText  # noqa: E402
 from trainer.graph_dataset import training_dataset  # noqa: E402
 from trainer.interest_model import InterestModel  # noqa: E402
-from trainer.item_tower import ItemTower  # noqa: E402
+from trainer.item_tower import OOV_INDEX, ItemTower  # noqa: E402
+from trainer.new_item_encoder import NewItemEncoder, new_item_bias  # noqa: E402
 from trainer.rare_item_boost import rare_item_lift  # noqa: E402
 from trainer.validation_ranking import VALIDATION_METRIC, ValidationRanking  # noqa: E402
 
@@ -231,7 +232,13 @@ def train(inputs: TrainingInputs, config: TrainerConfig) -> dict[str, Any]:
     fit_s = time.time() - start
     eval_files = sorted(tf.io.gfile.glob(inputs.eval_files[0]))
     warmup = [x.numpy() for x in tf.data.TFRecordDataset(eval_files, "GZIP").take(2)]
-    export_serving_model(model, inputs.serving_model_dir, warmup, _score_offsets(entries, model, config))
+    export_serving_model(
+        model,
+        inputs.serving_model_dir,
+        warmup,
+        _score_offsets(entries, model, config),
+        _new_item_encoder(entries, model, config, inputs.bert_dir),
+    )
     result = {
         "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
         "config": config.to_dict(),
@@ -254,6 +261,20 @@ def _score_offsets(entries: Sequence[CatalogEntry], model: InterestModel, config
     return rare_item_lift(
         [counts[i] for i in model.item_tower.item_ids], config.rare_item_boost, config.rare_item_boost_below
     )
+
+
+def _new_item_encoder(
+    entries: Sequence[CatalogEntry], model: InterestModel, config: TrainerConfig, bert_dir: str
+) -> NewItemEncoder:
+    """What the export's `encode_items` runs: the model's BERT and a new item's bias."""
+    from trainer.text_encoder import ItemTextEncoder
+
+    text_encoder = ItemTextEncoder(bert_dir, sequence_length=config.text_sequence_length) if config.use_text else None
+    counts = {e.item.item_id: e.train_count for e in entries}
+    tower = model.item_tower
+    offset = rare_item_lift([0], config.rare_item_boost, config.rare_item_boost_below)[0]
+    bias = new_item_bias(tower.bias.numpy()[OOV_INDEX + 1 :], [counts[i] for i in tower.item_ids], float(offset))
+    return NewItemEncoder(tower, text_encoder, bias)
 
 
 def plot_history(history: dict[str, list[float]], path: str) -> None:

@@ -373,6 +373,15 @@ class ItemTextEncoder:
         )
 
     @property
+    def sequence_length(self) -> int:
+        """Word pieces read per text, [CLS] and [SEP] included."""
+        return self._sequence_length
+
+    def vocabulary(self) -> list[str]:
+        """The WordPiece vocabulary, one token per id."""
+        return list(self.tokenizer.get_vocabulary())
+
+    @property
     def hidden_dim(self) -> int:
         """Size of the returned embeddings (384 for all-MiniLM-L6-v2)."""
         return int(self.backbone.hidden_dim)
@@ -406,6 +415,12 @@ class ItemTextEncoder:
             raise ValueError(f"count must be in [1, {len(layers)}], got {count}")
         return layers[len(layers) - count :]
 
+    def lower_layers(self, top_layers: int) -> tf.keras.Model:
+        """The backbone without its top `top_layers` transformer layers (BERT inputs -> states)."""
+        below = len(self.backbone.transformer_layers) - len(self.top_layers(top_layers))
+        name = f"transformer_layer_{below - 1}" if below else "embeddings_dropout"
+        return tf.keras.Model(self.backbone.input, self.backbone.get_layer(name).output)
+
     def top_layer_inputs(self, texts: Sequence[str], top_layers: int) -> tuple[np.ndarray, np.ndarray]:
         """What enters the top `top_layers` transformer layers for each text, with its padding mask.
 
@@ -421,9 +436,7 @@ class ItemTextEncoder:
             (float32 [len(texts), length, hidden], bool [len(texts), length]) where
             length is the longest packed text (at most ``sequence_length``).
         """
-        below = len(self.backbone.transformer_layers) - len(self.top_layers(top_layers))
-        name = f"transformer_layer_{below - 1}" if below else "embeddings_dropout"
-        lower = tf.keras.Model(self.backbone.input, self.backbone.get_layer(name).output)
+        lower = self.lower_layers(top_layers)
         states, masks = [], []
         texts = list(texts)
         for start in range(0, len(texts), self._batch_size):
