@@ -128,6 +128,27 @@ def _record(args: argparse.Namespace) -> int:
     return 1 if rejected and not events else 0
 
 
+def _add_items(args: argparse.Namespace) -> int:
+    from schemas.events import read_items
+
+    items, rejected = read_items(args.file)
+    with _client(args) as client:
+        result = client.add_items(items, source=args.file)
+    for r in rejected:
+        print(f"rejected {r.source}:{r.line}: {r.reason}", file=sys.stderr)
+    print(
+        json.dumps(
+            {
+                "stored": result.stored,
+                "encoded": len(result.encoded),
+                "rejected": len(rejected),
+                "model_version": result.model_version,
+            }
+        )
+    )
+    return 1 if rejected and not items else 0
+
+
 def _recommend(args: argparse.Namespace) -> int:
     with _client(args) as client:
         recommendations = client.recommend(args.user, args.k)
@@ -286,6 +307,21 @@ def build_parser() -> argparse.ArgumentParser:
     client_args(record)
     record.set_defaults(func=_record)
 
+    add_items = sub.add_parser(
+        "add-items",
+        help="add catalog items after training, so they are recommended before the next training run",
+        description="Validate catalog items (item_id, title, description, categories; CSV with header or .jsonl), "
+        "store them, and have the served model place the ones it was not trained on in its item space from "
+        "their text and categories (the encode_items signature). recommend and score then include them; a "
+        "newer model version encodes them again. Bad rows are reported on stderr with file and line. Prints a "
+        "JSON summary.",
+        epilog='example: echo \'{"item_id": "new-1", "title": "Alien Romulus (2024)", "categories": "Horror|Sci-Fi"}\' '
+        "| interest-graph add-items -",
+    )
+    add_items.add_argument("file", help="items file (CSV with header, or .jsonl), or - for JSON lines on stdin")
+    client_args(add_items)
+    add_items.set_defaults(func=_add_items)
+
     recommend = sub.add_parser(
         "recommend",
         help="top-k items for a user, excluding what the user already has",
@@ -314,7 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
         "score",
         help="score given items for a user",
         description="Print, as JSON, the model's score of each given item for the user's current interest state "
-        "(higher is more likely next). Items the model does not know score -Infinity.",
+        "(higher is more likely next). Items added with add-items are scored from their text and categories; "
+        "items neither the model nor add-items knows score -Infinity.",
     )
     score.add_argument("--user", required=True, help="user id")
     score.add_argument("items", nargs="+", help="item ids")

@@ -7,7 +7,10 @@
 5. Replay over gRPC: for every user, record the history before the held-out
    (test) event, recommend, then record the held-out event and recommend
    again. Metrics come from these served recommendations.
-6. Write `summary.json` and print what a user wants to see.
+6. Add two films from after MovieLens' time, which the model never saw
+   (`add_items`, the `encode_items` signature), and show how users who
+   watched their predecessors rank them against everyone else.
+7. Write `summary.json` and print what a user wants to see.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from pipeline.config import PipelineConfig
 from pipeline.datasets.movielens import convert_movielens_100k
 from pipeline.runner import run_pipeline
 from schemas.catalog import catalog_path, read_catalog
-from schemas.events import Event, RejectedRecord, read_events, read_items
+from schemas.events import Event, Item, RejectedRecord, read_events, read_items
 from schemas.graph import event_order
 from serving.client import InterestClient
 from serving.interest_store import SqliteInterestStore
@@ -39,6 +42,12 @@ from trainer.metrics import MAX_CUTOFF, METRIC_NAMES, items_by_popularity, popul
 
 SHOWCASE_USERS = 3
 TIMELINE_EVENTS = 10
+# Sequels released after MovieLens-100k's last rating, with their predecessor's
+# item id: the model knows them only from what add_items tells it.
+NEW_FILMS = (
+    (Item("new:toy-story-2", "Toy Story 2", "A movie released in 1999.", ("Animation", "Children's", "Comedy")), "1"),
+    (Item("new:scream-3", "Scream 3", "A movie released in 2000.", ("Horror", "Mystery", "Thriller")), "288"),
+)
 
 
 def free_port() -> int:
@@ -123,6 +132,33 @@ def replay(client: InterestClient, held_out: dict[str, tuple[list[Event], Event]
         if n % 100 == 0 or n == len(users):
             print(f"[replay] {n}/{len(users)} users ({time.time() - started:.0f}s)", flush=True)
     return {"rankings": rankings, "targets": targets, "latencies_ms": latencies_ms, "showcase": showcase}
+
+
+def new_films_showcase(
+    client: InterestClient, held_out: dict[str, tuple[list[Event], Event]], users: list[str], n_items: int
+) -> list[dict[str, Any]]:
+    """Adds NEW_FILMS and compares their rank for users who watched the predecessor with everyone else's."""
+    result = client.add_items(item for item, _ in NEW_FILMS)
+    ranks: dict[str, dict[bool, list[int]]] = {item.item_id: {True: [], False: []} for item, _ in NEW_FILMS}
+    for user_id in users:
+        history, test_event = held_out[user_id]
+        watched = {e.item_id for e in history} | {test_event.item_id}
+        ranking = [r.item_id for r in client.recommend(user_id, n_items + len(NEW_FILMS))]
+        for item, predecessor in NEW_FILMS:
+            ranks[item.item_id][predecessor in watched].append(ranking.index(item.item_id) + 1)
+    print(f"[demo] added {len(result.encoded)} films the model never saw; ranked them for {len(users)} users")
+    return [
+        {
+            "item_id": item.item_id,
+            "title": item.title,
+            "predecessor": predecessor,
+            "median_rank_watched_predecessor": float(np.median(ranks[item.item_id][True] or [np.nan])),
+            "median_rank_others": float(np.median(ranks[item.item_id][False] or [np.nan])),
+            "users_watched_predecessor": len(ranks[item.item_id][True]),
+            "users_others": len(ranks[item.item_id][False]),
+        }
+        for item, predecessor in NEW_FILMS
+    ]
 
 
 def interest_timeline(
@@ -214,6 +250,9 @@ def run_demo(output_dir: str, trainer: dict[str, Any] | None = None, max_users: 
             timeline_user = result["showcase"][0]["user_id"]
             picture = os.path.join(output_dir, f"interest_graph_user_{timeline_user}.png")
             timeline = interest_timeline(client, held_out, timeline_user, titles, picture)
+            t = time.time()
+            new_films = new_films_showcase(client, held_out, users, len(items))
+            timings["new_films"] = time.time() - t
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -252,6 +291,7 @@ def run_demo(output_dir: str, trainer: dict[str, Any] | None = None, max_users: 
         "training_curve": os.path.join(run.training_run_dir, "training_curve.png"),
         "interest_graph_picture": picture,
         "interest_timeline": timeline,
+        "new_films": new_films,
     }
     with open(os.path.join(output_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
@@ -284,6 +324,13 @@ def _print_summary(summary: dict[str, Any], titles: dict[str, str], output_dir: 
         )
         print("  before: " + "; ".join(titles.get(i, i) for i in case["before"]))
         print("  after:  " + "; ".join(titles.get(i, i) for i in case["after"]))
+    print(f"\nfilms added after training (add-items), median rank among {summary['n_items']} items:")
+    for film in summary["new_films"]:
+        print(
+            f"  {film['title']!r}: {film['median_rank_watched_predecessor']:.0f} for the "
+            f"{film['users_watched_predecessor']} users who watched {titles.get(film['predecessor'])!r}, "
+            f"{film['median_rank_others']:.0f} for the other {film['users_others']}"
+        )
     print("\nartifacts:")
     print(f"  summary          {os.path.join(output_dir, 'summary.json')}")
     print(f"  served model     {summary['model_path']}")

@@ -9,6 +9,9 @@ states in an interest store.
                         with the model version that produced it
     recommend(user, k)  top-k items the user has not interacted with yet
     score(user, items)  the model's score of given items for the user
+    add_items(items)    put items added to the catalog after training in the
+                        served model's item space (`encode_items`), so
+                        recommend and score include them
     forget(user)        remove everything stored about the user
 
 Concurrent writers: a state is saved only if the user's state revision is still
@@ -38,11 +41,11 @@ import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_service_pb2_grpc
 
 from schemas import signatures as s
-from schemas.events import Event, InvalidRecordError, RejectedRecord, parse_event, reviews_with_text
+from schemas.events import Event, InvalidRecordError, Item, RejectedRecord, parse_event, parse_item, reviews_with_text
 from schemas.graph import EventWindowConfig
 from schemas.memory import MemoryCheckpoint, UpdatePlan, checkpoint_after, interest_request, plan_update
 from serving.grpc_retry import RETRYABLE_IF_IDEMPOTENT, RetryPolicy, call_with_retries
-from serving.interest_store import InterestStateRecord, InterestStore
+from serving.interest_store import InterestStateRecord, InterestStore, ItemEncoding
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +55,8 @@ MAX_SAVE_ATTEMPTS = 8
 # Stale users a `record` call brings up to date besides its own (so the first
 # call after an outage does not take as long as all of them together).
 CATCH_UP_PER_RECORD = 64
+# Items per `encode_items` request (each runs BERT over its texts).
+ENCODE_ITEMS_BATCH = 32
 # A channel retries a dead server with growing pauses; cap them so a server
 # that is back is noticed within the retry policy's patience.
 _CHANNEL_OPTIONS = [
@@ -93,6 +98,24 @@ class RecordResult:
     updated_users: list[str]
     model_version: int | None
     stale_users: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class AddItemsResult:
+    """What `add_items` did.
+
+    Attributes:
+      stored: items written to the store's catalog (new or replaced).
+      encoded: those the served model was not trained on, now placed in its
+        item space by `encode_items`; the others it scores itself.
+      rejected: records that broke the item contract, with the reason.
+      model_version: the model version that encoded them.
+    """
+
+    stored: int
+    encoded: list[str]
+    rejected: list[RejectedRecord]
+    model_version: int | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -404,18 +427,127 @@ class InterestClient:
         record = self.interest_state(user_id)
         return InterestGraph.from_record(record)
 
+    def add_items(self, records: Iterable[Mapping[str, Any] | Item], source: str = "<items>") -> AddItemsResult:
+        """Adds catalog items after training: stored, and encoded by the served model if it does not know them.
+
+        Until the pipeline trains on them, such items are scored from their
+        text and categories alone (the `encode_items` signature): `recommend`
+        and `score` include them. A later model version re-encodes them the
+        first time it is asked for recommendations; one trained on them scores
+        them itself. Adding an item again replaces its text and re-encodes it.
+
+        Args:
+          records: items as `Item`s or raw mappings in the catalog format.
+          source: a name for where the records came from, used in rejections.
+
+        Returns:
+          An `AddItemsResult`; invalid records are returned in `rejected` and
+          do not stop the valid ones.
+
+        Raises:
+          grpc.RpcError: when the model server cannot encode them (for example
+            a model exported without `encode_items`); the items stay stored
+            and are encoded by the next call that needs them.
+        """
+        items: list[Item] = []
+        rejected: list[RejectedRecord] = []
+        for number, record in enumerate(records, start=1):
+            if isinstance(record, Item):
+                items.append(record)
+                continue
+            try:
+                items.append(parse_item(record))
+            except InvalidRecordError as e:
+                raw = repr(dict(record)) if isinstance(record, Mapping) else repr(record)
+                rejected.append(RejectedRecord(source, number, str(e), raw))
+        items = list({i.item_id: i for i in items}.values())
+        stored = self.store.upsert_items(items)
+        self.store.mark_added_items(i.item_id for i in items)
+        if not items:
+            return AddItemsResult(stored, [], rejected, None)
+        version, encodings = self._encode_added_items([i.item_id for i in items])
+        encoded = sorted(i for i, e in encodings.items() if e is not None)
+        return AddItemsResult(stored, encoded, rejected, version)
+
+    def _encode_added_items(
+        self, item_ids: Sequence[str], attempts: int = 3
+    ) -> tuple[int, dict[str, ItemEncoding | None]]:
+        """Encodes added items with the served model and stores the result under its version.
+
+        Returns:
+          (the model version, item id -> encoding, None for items the model
+          was trained on).
+
+        Raises:
+          RuntimeError: when the served version changed during each of `attempts` tries.
+        """
+        known, version = self._model_knows(item_ids)
+        encodings: dict[str, ItemEncoding | None] = {i: None for i in item_ids if i in known}
+        items = [item for item in map(self.store.item, item_ids) if item is not None and item.item_id not in known]
+        for start in range(0, len(items), ENCODE_ITEMS_BATCH):
+            chunk = items[start : start + ENCODE_ITEMS_BATCH]
+            width = max(1, *(len(i.categories) for i in chunk))
+            outputs, answered = self._predict(
+                s.ENCODE_ITEMS,
+                {
+                    s.TITLES: np.array([i.title for i in chunk], dtype=object),
+                    s.DESCRIPTIONS: np.array([i.description for i in chunk], dtype=object),
+                    s.ITEM_CATEGORIES: np.array(
+                        [list(i.categories) + [""] * (width - len(i.categories)) for i in chunk], dtype=object
+                    ),
+                },
+            )
+            if answered != version:
+                # Another version was loaded meanwhile: start again with it.
+                if attempts <= 1:
+                    raise RuntimeError(f"the served model version kept changing while encoding {len(items)} items")
+                return self._encode_added_items(item_ids, attempts - 1)
+            for item, vector, bias in zip(chunk, outputs[s.ITEM_VECTORS], outputs[s.ITEM_BIAS], strict=True):
+                encodings[item.item_id] = ItemEncoding(vector.astype(np.float32), float(bias))
+        self.store.save_item_encodings(version, encodings)
+        return version, encodings
+
+    def _model_knows(self, item_ids: Sequence[str]) -> tuple[set[str], int]:
+        """The items the served model was trained on (`score` gives the others -inf), and its version."""
+        nobody = np.zeros((1, 1, s.INTEREST_DIM), np.float32)
+        outputs, version = self._predict(
+            s.SCORE, {s.INTEREST_STATE: nobody, s.ITEM_IDS: np.array([list(item_ids)], dtype=object)}
+        )
+        return {i for i, v in zip(item_ids, outputs[s.SCORES][0], strict=True) if np.isfinite(v)}, version
+
+    def _added_item_encodings(self, model_version: int) -> dict[str, ItemEncoding]:
+        """Added items the model version was not trained on, with its encodings (encoding any missing now).
+
+        An outage or a model without `encode_items` leaves them out (logged):
+        recommendations then come from the model's own items only.
+        """
+        encodings = self.store.item_encodings(model_version)
+        pending = [i for i in self.store.added_item_ids() if i not in encodings]
+        if pending:
+            try:
+                version, fresh = self._encode_added_items(pending)
+            except grpc.RpcError as error:
+                logger.warning("added items left out: encoding them failed: %s", error.details())
+                fresh, version = {}, model_version
+            if version == model_version:
+                encodings.update(fresh)
+        return {i: e for i, e in encodings.items() if e is not None}
+
     def recommend(self, user_id: str, k: int = 10) -> list[Recommendation]:
         """Top-k items for the user, excluding items the user already interacted with.
 
         A user the store has never seen gets recommendations from an empty
         history (the model's answer for a newcomer), not an error. If the
         state was computed by an older model version than the one now served,
-        it is recomputed first so state and item vectors always match.
+        it is recomputed first so state and item vectors always match. Items
+        added after training (`add_items`) compete with the model's own, scored
+        as `score` scores them.
         """
         if k <= 0:
             raise ValueError(f"k must be positive, got {k}")
         state = self.interest_state(user_id)
-        seen = sorted({e.item_id for e in self.store.user_events(user_id)}) or [s.PADDING_ITEM_ID]
+        seen_items = {e.item_id for e in self.store.user_events(user_id)}
+        seen = sorted(seen_items) or [s.PADDING_ITEM_ID]
         inputs = {
             s.INTEREST_STATE: state.state[None],
             s.EXCLUDE_ITEM_IDS: np.array([seen], dtype=object),
@@ -424,20 +556,44 @@ class InterestClient:
         outputs, version = self._predict(s.RECOMMEND, inputs)
         if version != state.model_version:
             self.update_interests([user_id])
-            inputs[s.INTEREST_STATE] = self.interest_state(user_id).state[None]
+            state = self.interest_state(user_id)
+            inputs[s.INTEREST_STATE] = state.state[None]
             outputs, version = self._predict(s.RECOMMEND, inputs)
-        return [
+        ranked = [
             Recommendation(item.decode(), float(score))
             for item, score in zip(outputs[s.ITEM_IDS][0], outputs[s.SCORES][0], strict=False)
             if item
         ]
+        added = {i: e for i, e in self._added_item_encodings(version).items() if i not in seen_items}
+        if not added:
+            return ranked
+        ranked += [Recommendation(i, v) for i, v in _added_item_scores(state.state, added).items()]
+        return sorted(ranked, key=lambda r: -r.score)[:k]
 
     def score(self, user_id: str, item_ids: Sequence[str]) -> dict[str, float]:
-        """The model's score of each given item for the user (-inf for unknown items)."""
+        """The model's score of each given item for the user (-inf for unknown items).
+
+        Items added after training (`add_items`) are scored from their encodings.
+        """
         if not item_ids:
             return {}
         state = self.interest_state(user_id)
-        outputs, _ = self._predict(
+        outputs, version = self._predict(
             s.SCORE, {s.INTEREST_STATE: state.state[None], s.ITEM_IDS: np.array([list(item_ids)], dtype=object)}
         )
-        return {item: float(v) for item, v in zip(item_ids, outputs[s.SCORES][0], strict=False)}
+        scores = {item: float(v) for item, v in zip(item_ids, outputs[s.SCORES][0], strict=False)}
+        unknown = [i for i, v in scores.items() if v == float("-inf")]
+        if unknown and version == state.model_version:
+            added = self._added_item_encodings(version)
+            scores |= _added_item_scores(state.state, {i: added[i] for i in unknown if i in added})
+        return scores
+
+
+def _added_item_scores(interest_state: np.ndarray, encodings: Mapping[str, ItemEncoding]) -> dict[str, float]:
+    """Scores as the model's `score` gives them: the best match over the user's interests, plus the bias."""
+    if not encodings:
+        return {}
+    vectors = np.stack([e.vector for e in encodings.values()])
+    bias = np.array([e.bias for e in encodings.values()], np.float32)
+    scores = (np.asarray(interest_state, np.float32) @ vectors.T).max(axis=0) + bias
+    return {item_id: float(v) for item_id, v in zip(encodings, scores, strict=True)}

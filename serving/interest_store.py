@@ -8,7 +8,7 @@ URL, so a command line or a config file can name either.
 
 from __future__ import annotations
 
-from serving.stores.base import InterestStateRecord, InterestStore
+from serving.stores.base import InterestStateRecord, InterestStore, ItemEncoding
 from serving.stores.redis_store import DEFAULT_PREFIX as DEFAULT_REDIS_PREFIX
 from serving.stores.redis_store import RedisInterestStore
 from serving.stores.sqlite_store import SqliteInterestStore
@@ -17,6 +17,7 @@ __all__ = [
     "DEFAULT_REDIS_PREFIX",
     "InterestStateRecord",
     "InterestStore",
+    "ItemEncoding",
     "RedisInterestStore",
     "SqliteInterestStore",
     "open_store",

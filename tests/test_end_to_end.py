@@ -162,6 +162,15 @@ def test_client_records_events_and_recommends_over_grpc(server: str, pipeline_ru
         cold = client.record([{"user_id": "2", "item_id": "brand-new-item", "event_type": "click", "timestamp": 5}])
         assert cold.accepted == 1 and len(client.recommend("2", k=3)) == 3
 
+        # An item added after training is encoded by the pipeline's model (text through its BERT) and ranked.
+        added = client.add_items([{"item_id": "sequel", "title": "Toy Story 2", "categories": "Animation|Comedy"}])
+        assert added.encoded == ["sequel"] and added.model_version == version
+        everything = client.recommend("1", k=len(catalog) + 1)
+        assert "sequel" in {r.item_id for r in everything}
+        assert client.score("1", ["sequel"])["sequel"] == pytest.approx(
+            {r.item_id: r.score for r in everything}["sequel"], rel=1e-5
+        )
+
 
 def test_cli_record_and_recommend(server: str, pipeline_run: dict, tmp_path) -> None:
     events = tmp_path / "new.jsonl"

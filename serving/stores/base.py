@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -54,6 +54,23 @@ class InterestStateRecord:
     revision: int = 0
     stale: bool = False
     long_term_memory: dict[str, Any] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ItemEncoding:
+    """An added item as one model version placed it: its vector and bias (`encode_items`)."""
+
+    vector: np.ndarray
+    bias: float
+
+    def to_bytes(self) -> bytes:
+        """float32 vector then float32 bias, the form both backends store."""
+        return np.append(np.asarray(self.vector, np.float32), np.float32(self.bias)).tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ItemEncoding:
+        values = np.frombuffer(data, dtype=np.float32)
+        return cls(values[:-1].copy(), float(values[-1]))
 
 
 class InterestStore(abc.ABC):
@@ -156,6 +173,22 @@ class InterestStore(abc.ABC):
     @abc.abstractmethod
     def item(self, item_id: str) -> Item | None:
         """One catalog item, or None."""
+
+    @abc.abstractmethod
+    def mark_added_items(self, item_ids: Iterable[str]) -> None:
+        """Remembers items added to the catalog after training (they need `encode_items`)."""
+
+    @abc.abstractmethod
+    def added_item_ids(self) -> list[str]:
+        """Every item ever passed to `mark_added_items`, sorted."""
+
+    @abc.abstractmethod
+    def save_item_encodings(self, model_version: int, encodings: Mapping[str, ItemEncoding | None]) -> None:
+        """Stores what a model version made of added items (None: that version was trained on the item)."""
+
+    @abc.abstractmethod
+    def item_encodings(self, model_version: int) -> dict[str, ItemEncoding | None]:
+        """Everything `save_item_encodings` stored for the model version."""
 
 
 def encode_state(state: np.ndarray) -> tuple[bytes, str]:

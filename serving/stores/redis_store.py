@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -29,7 +29,7 @@ import numpy as np
 import redis
 
 from schemas.events import Event, Item
-from serving.stores.base import InterestStateRecord, InterestStore, decode_state, encode_state
+from serving.stores.base import InterestStateRecord, InterestStore, ItemEncoding, decode_state, encode_state
 
 DEFAULT_PREFIX = "interest-graph:"
 
@@ -84,6 +84,8 @@ class RedisInterestStore(InterestStore):
         self._mark_stale = self._redis.register_script(_MARK_STALE)
         self._stale_key = f"{prefix}stale-users"
         self._items_key = f"{prefix}items"
+        self._added_items_key = f"{prefix}added-items"
+        self._encodings_key = f"{prefix}item-encodings"
 
     def _user_key(self, user_id: str, kind: str) -> str:
         return f"{self.prefix}user:{{{quote(user_id, safe='')}}}:{kind}"
@@ -202,3 +204,21 @@ class RedisInterestStore(InterestStore):
             return None
         title, description, categories = json.loads(body)
         return Item(item_id, title, description, tuple(categories))
+
+    def mark_added_items(self, item_ids: Iterable[str]) -> None:
+        ids = list(item_ids)
+        if ids:
+            self._redis.sadd(self._added_items_key, *ids)
+
+    def added_item_ids(self) -> list[str]:
+        return sorted(i.decode() for i in self._redis.smembers(self._added_items_key))
+
+    def save_item_encodings(self, model_version: int, encodings: Mapping[str, ItemEncoding | None]) -> None:
+        # An empty value: the model version was trained on the item.
+        mapping = {i: b"" if e is None else e.to_bytes() for i, e in encodings.items()}
+        if mapping:
+            self._redis.hset(f"{self._encodings_key}:{model_version}", mapping=mapping)
+
+    def item_encodings(self, model_version: int) -> dict[str, ItemEncoding | None]:
+        stored = self._redis.hgetall(f"{self._encodings_key}:{model_version}")
+        return {i.decode(): ItemEncoding.from_bytes(data) if data else None for i, data in stored.items()}

@@ -14,13 +14,13 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from schemas.events import Event, Item
-from serving.stores.base import InterestStateRecord, InterestStore, decode_state, encode_state
+from serving.stores.base import InterestStateRecord, InterestStore, ItemEncoding, decode_state, encode_state
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -56,6 +56,15 @@ CREATE TABLE IF NOT EXISTS items (
     title       TEXT NOT NULL,
     description TEXT NOT NULL,
     categories  TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS added_items (
+    item_id TEXT PRIMARY KEY
+);
+CREATE TABLE IF NOT EXISTS item_encodings (
+    model_version INTEGER NOT NULL,
+    item_id       TEXT NOT NULL,
+    encoding      BLOB,
+    PRIMARY KEY (model_version, item_id)
 );
 """
 _EVENT_COLUMNS = "user_id, item_id, event_type, timestamp, value, text, event_id"
@@ -289,6 +298,22 @@ class SqliteInterestStore(InterestStore):
             return None
         item_id, title, description, categories = rows[0]
         return Item(item_id, title, description, _split_categories(categories))
+
+    def mark_added_items(self, item_ids: Iterable[str]) -> None:
+        with self._write() as db:
+            db.executemany("INSERT OR IGNORE INTO added_items VALUES (?)", [(i,) for i in item_ids])
+
+    def added_item_ids(self) -> list[str]:
+        return [row[0] for row in self._read("SELECT item_id FROM added_items ORDER BY item_id")]
+
+    def save_item_encodings(self, model_version: int, encodings: Mapping[str, ItemEncoding | None]) -> None:
+        rows = [(model_version, i, None if e is None else e.to_bytes()) for i, e in encodings.items()]
+        with self._write() as db:
+            db.executemany("INSERT OR REPLACE INTO item_encodings VALUES (?, ?, ?)", rows)
+
+    def item_encodings(self, model_version: int) -> dict[str, ItemEncoding | None]:
+        rows = self._read("SELECT item_id, encoding FROM item_encodings WHERE model_version = ?", (model_version,))
+        return {i: None if data is None else ItemEncoding.from_bytes(data) for i, data in rows}
 
 
 def _split_categories(joined: str) -> tuple[str, ...]:

@@ -89,9 +89,9 @@ def store(open_test_store: Callable[[], InterestStore]) -> InterestStore:
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, bert_dir: str) -> dict[str, str]:
     """A trained interest model exported as version 1: models_dir and catalog path."""
-    return train_tiny_model(tmp_path_factory.mktemp("tiny_model"))
+    return train_tiny_model(tmp_path_factory.mktemp("tiny_model"), bert_dir)
 
 
 @pytest.fixture(scope="session")

@@ -22,8 +22,11 @@ MODEL_NAME = "interest"
 START_TIMEOUT_S = 120.0
 
 
-def train_tiny_model(root: Path) -> dict[str, str]:
-    """Trains and exports the model as version 1 under `root/models`; returns the paths."""
+def train_tiny_model(root: Path, bert_dir: str) -> dict[str, str]:
+    """Trains and exports the model as version 1 under `root/models`; returns the paths.
+
+    Item text goes through the real BERT, so the export has `encode_items`.
+    """
     import tensorflow as tf
 
     from schemas.catalog import read_catalog
@@ -31,20 +34,25 @@ def train_tiny_model(root: Path) -> dict[str, str]:
     from trainer.config import TrainerConfig
     from trainer.export import export_serving_model
     from trainer.graph_dataset import training_dataset
+    from trainer.new_item_encoder import NewItemEncoder
     from trainer.task import build_model
+    from trainer.text_encoder import ItemTextEncoder
 
     paths = synthetic.make_dataset(str(root), num_users=40)
     entries = read_catalog(paths["catalog"])
     config = TrainerConfig(epochs=1, batch_size=32, num_sampled=8, event_dim=8, category_dim=8)
     tf.keras.utils.set_random_seed(1)
-    model = build_model(entries, synthetic.random_text_vectors(len(entries)), config)
+    text_encoder = ItemTextEncoder(bert_dir, sequence_length=config.text_sequence_length)
+    model = build_model(entries, text_encoder.encode([e.item.text for e in entries]), config)
     model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
     train = training_dataset([paths["train"]], config.batch_size, shuffle=False)
     model(next(iter(train))[0])  # builds the layers, which export needs
     model.fit(train, epochs=1, verbose=0)
     warmup = [x.numpy() for x in tf.data.TFRecordDataset([paths["eval"]], "GZIP").take(2)]
     models_dir = root / "models"
-    export_serving_model(model, str(models_dir / "1"), warmup)
+    export_serving_model(
+        model, str(models_dir / "1"), warmup, new_items=NewItemEncoder(model.item_tower, text_encoder, bias=-1.0)
+    )
     return {"models_dir": str(models_dir), "catalog": paths["catalog"]}
 
 

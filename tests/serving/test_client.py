@@ -221,7 +221,8 @@ def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]
     [
         ("record", ["JSON lines on stdin", "event_id", "unavailable", "--store", "redis://"]),
         ("recommend", ["top k", "--k", "--timeout"]),
-        ("score", ["-Infinity", "item ids"]),
+        ("score", ["-Infinity", "item ids", "add-items"]),
+        ("add-items", ["encode_items", "stdin", "a newer model"]),
         ("interests", ["categories and items", "--json"]),
         ("forget", ["Delete the user's events", "user_id", "--redis-prefix"]),
         ("serve", ["--model_base_path", "--port"]),

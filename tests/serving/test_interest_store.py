@@ -10,7 +10,13 @@ import pytest
 import redis
 
 from schemas.events import Event, Item
-from serving.interest_store import InterestStore, RedisInterestStore, SqliteInterestStore, open_store
+from serving.interest_store import (
+    InterestStore,
+    ItemEncoding,
+    RedisInterestStore,
+    SqliteInterestStore,
+    open_store,
+)
 from tests.serving import workers
 from tests.serving.backends import StoreSpec
 
@@ -150,6 +156,24 @@ def test_item_catalog_categories(store: InterestStore) -> None:
     assert store.item_categories([]) == {}
     assert store.item("i1") == Item("i1", "One", "", ("A", "B"))
     assert store.item("i3") is None
+
+
+def test_added_items_and_their_encodings_per_model_version(store: InterestStore) -> None:
+    assert store.added_item_ids() == [] and store.item_encodings(1) == {}
+    store.mark_added_items(["new/ß", "new-2"])
+    store.mark_added_items(["new-2"])
+    assert store.added_item_ids() == ["new-2", "new/ß"]
+    vector = np.array([0.5, -1.25, 3.0], np.float32)
+    store.save_item_encodings(1, {"new/ß": ItemEncoding(vector, -2.5), "new-2": None})
+    store.save_item_encodings(2, {"new-2": ItemEncoding(vector * 2, 0.75)})
+    first = store.item_encodings(1)
+    assert set(first) == {"new/ß", "new-2"} and first["new-2"] is None
+    np.testing.assert_array_equal(first["new/ß"].vector, vector)
+    assert first["new/ß"].bias == -2.5
+    second = store.item_encodings(2)
+    assert list(second) == ["new-2"] and second["new-2"].bias == 0.75
+    np.testing.assert_array_equal(second["new-2"].vector, vector * 2)
+    assert store.item_encodings(3) == {}
 
 
 def test_two_processes_saving_with_compare_and_set_lose_no_event(store_spec: StoreSpec) -> None:
