@@ -179,6 +179,10 @@ class CoreOpsBertTokenizer(tf.Module):
 
     def word_pieces(self, words: tf.Tensor) -> tf.RaggedTensor:
         """Step 4: [w] words -> [w, (pieces)] token ids (int64)."""
+        # Over-long words are [UNK] whatever they hold; emptied first, so a hostile
+        # megabyte-long word cannot size the look-up grid below.
+        too_long = tf.strings.length(words) > MAX_BYTES_PER_WORD
+        words = tf.where(too_long, "", words)
         characters = tf.strings.unicode_split(words, "UTF-8")
         lengths = characters.row_lengths()
         longest = tf.reduce_max(tf.concat([lengths, [0]], axis=0))
@@ -214,7 +218,7 @@ class CoreOpsBertTokenizer(tf.Module):
             step,
             (
                 tf.zeros([count], tf.int64),
-                tf.strings.length(words) > MAX_BYTES_PER_WORD,
+                too_long,
                 tf.TensorArray(tf.int64, size=0, dynamic_size=True, element_shape=[None]).write(0, nothing),
                 tf.constant(1),
             ),

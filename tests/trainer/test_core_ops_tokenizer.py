@@ -85,6 +85,9 @@ def test_hostile_texts_tokenize_as_keras_nlp_does(tokenizers: tuple) -> None:
     assert ids.shape == (2, SEQUENCE_LENGTH)
     assert ids[0, -1] == ours.end_id and ids[1, 1] == ours.end_id
     assert np.asarray(mask).sum(axis=1).tolist() == [SEQUENCE_LENGTH, 2]
+    # A megabyte-long word is one [UNK], without a look-up grid as wide as the word.
+    ids, mask = ours(tf.constant(["é" * 500_000 + " ok"]))
+    assert ids.numpy()[0].tolist() == [ours.start_id, ours.unknown_id, ours.vocabulary.index("ok"), ours.end_id]
 
 
 def test_random_unicode_tokenizes_as_keras_nlp_does(tokenizers: tuple) -> None:

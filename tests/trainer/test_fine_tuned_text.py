@@ -111,3 +111,27 @@ def test_gpu_profile_trains_bert_top_layers_and_exports_a_tensorflow_only_model(
     assert answer["foreign"] == [] and answer["finite"]
     # Every catalog item is rankable, the cold one (text and category only) included.
     assert len(answer["items"]) == synthetic.NUM_ITEMS + 1 and synthetic.COLD_ITEM in answer["items"]
+
+
+def test_gpu_profile_encodes_new_items_with_its_fine_tuned_bert(gpu_profile_run: dict) -> None:
+    """`encode_items` runs the frozen lower layers and the trained top layers, as the exported table did.
+
+    The cold item's text is sent with its category folded into the title: the
+    same text, and no category view, so the vector is the projected text alone.
+    """
+    entries = read_catalog(gpu_profile_run["paths"]["catalog"])
+    loaded = tf.saved_model.load(gpu_profile_run["inputs"].serving_model_dir)
+    (table,) = (v.numpy() for v in loaded.variables if v.name.startswith("fine_tuned_text_table"))
+    # The text projection is the one [BERT width, interest width] weight.
+    (projection,) = (v.numpy() for v in loaded.variables if tuple(v.shape) == (table.shape[1], s.INTEREST_DIM))
+    vocabulary = [e.item.item_id for e in sorted(entries, key=lambda e: (-e.train_count, e.item.item_id))]
+    cold = next(e.item for e in entries if e.item.item_id == synthetic.COLD_ITEM)
+    out = loaded.signatures[s.ENCODE_ITEMS](
+        **{
+            s.TITLES: tf.constant([cold.text]),
+            s.DESCRIPTIONS: tf.constant([""]),
+            s.ITEM_CATEGORIES: tf.constant([[""]]),
+        }
+    )
+    expected = table[vocabulary.index(cold.item_id) + 1] @ projection
+    np.testing.assert_allclose(out[s.ITEM_VECTORS].numpy()[0], expected, atol=2e-3)
