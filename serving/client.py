@@ -32,7 +32,7 @@ import dataclasses
 import logging
 import random
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import grpc
@@ -248,17 +248,7 @@ class InterestClient:
           grpc.RpcError: when the server rejects the update (not for outages);
             the events are stored and the users marked stale first.
         """
-        events: list[Event] = []
-        rejected: list[RejectedRecord] = []
-        for number, record in enumerate(records, start=1):
-            if isinstance(record, Event):
-                events.append(record)
-                continue
-            try:
-                events.append(parse_event(record))
-            except InvalidRecordError as e:
-                raw = repr(dict(record)) if isinstance(record, Mapping) else repr(record)
-                rejected.append(RejectedRecord(source, number, str(e), raw))
+        events, rejected = _validated(records, Event, parse_event, source)
         added = self.store.add_events(events)
         users = list(dict.fromkeys(e.user_id for e in added))
         try:
@@ -449,17 +439,7 @@ class InterestClient:
             a model exported without `encode_items`); the items stay stored
             and are encoded by the next call that needs them.
         """
-        items: list[Item] = []
-        rejected: list[RejectedRecord] = []
-        for number, record in enumerate(records, start=1):
-            if isinstance(record, Item):
-                items.append(record)
-                continue
-            try:
-                items.append(parse_item(record))
-            except InvalidRecordError as e:
-                raw = repr(dict(record)) if isinstance(record, Mapping) else repr(record)
-                rejected.append(RejectedRecord(source, number, str(e), raw))
+        items, rejected = _validated(records, Item, parse_item, source)
         items = list({i.item_id: i for i in items}.values())
         stored = self.store.upsert_items(items)
         self.store.mark_added_items(i.item_id for i in items)
@@ -587,6 +567,24 @@ class InterestClient:
             added = self._added_item_encodings(version)
             scores |= _added_item_scores(state.state, {i: added[i] for i in unknown if i in added})
         return scores
+
+
+def _validated(
+    records: Iterable[Any], record_type: type, parse: Callable[[Mapping[str, Any]], Any], source: str
+) -> tuple[list[Any], list[RejectedRecord]]:
+    """Records of `record_type` as they are, raw mappings through `parse`; the bad ones kept with line and reason."""
+    accepted: list[Any] = []
+    rejected: list[RejectedRecord] = []
+    for number, record in enumerate(records, start=1):
+        if isinstance(record, record_type):
+            accepted.append(record)
+            continue
+        try:
+            accepted.append(parse(record))
+        except InvalidRecordError as e:
+            raw = repr(dict(record)) if isinstance(record, Mapping) else repr(record)
+            rejected.append(RejectedRecord(source, number, str(e), raw))
+    return accepted, rejected
 
 
 def _added_item_scores(interest_state: np.ndarray, encodings: Mapping[str, ItemEncoding]) -> dict[str, float]:
