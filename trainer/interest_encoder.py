@@ -179,7 +179,11 @@ class InterestEncoder(tf.keras.layers.Layer):
         return self.encode(graph)[0]
 
     def encode(
-        self, graph: tfgnn.GraphTensor, prior_memory: tf.Tensor | None = None, item_vectors: tf.Tensor | None = None
+        self,
+        graph: tfgnn.GraphTensor,
+        prior_memory: tf.Tensor | None = None,
+        item_vectors: tf.Tensor | None = None,
+        training: bool = False,
     ) -> tuple[tf.Tensor, tf.Tensor]:
         """Interest vectors and long-term memory of a merged GraphTensor.
 
@@ -190,6 +194,9 @@ class InterestEncoder(tf.keras.layers.Layer):
             nodes are merged into it (None: they are the whole memory).
           item_vectors: the item tower's `all_item_vectors()` when the caller
             has them already (a training step, the export's fixed table).
+          training: a training step: the event-context dropout is on. It is
+            passed explicitly because the model's custom `train_step` calls
+            `encode` directly, outside any Keras call that would carry the flag.
 
         Returns:
           ([num_users, num_interests, interest_dim] interest vectors,
@@ -234,7 +241,7 @@ class InterestEncoder(tf.keras.layers.Layer):
         if self.use_categories:
             graph = self.item_update(graph)
         if self.event_context is not None:
-            graph = self._events_in_context(graph, latest_event=tf.equal(events[g.EVENT_RECENCY], 0))
+            graph = self._events_in_context(graph, tf.equal(events[g.EVENT_RECENCY], 0), training)
         for user_update in self.user_updates:
             graph = user_update(graph)
         state = graph.node_sets[g.USER][tfgnn.HIDDEN_STATE]
@@ -255,19 +262,22 @@ class InterestEncoder(tf.keras.layers.Layer):
         event_keys = tf.concat([item_states, events[tfgnn.HIDDEN_STATE]], axis=1)
         return self.multi_interest(event_keys, adjacency.target, num_users)
 
-    def _events_in_context(self, graph: tfgnn.GraphTensor, latest_event: tf.Tensor) -> tfgnn.GraphTensor:
+    def _events_in_context(
+        self, graph: tfgnn.GraphTensor, latest_event: tf.Tensor, training: bool
+    ) -> tfgnn.GraphTensor:
         """Replaces event states by their in-window context and starts each user from its latest event.
 
         Args:
           graph: with item and event hidden states.
           latest_event: [num_events] bool, the most recent event of each window.
+          training: dropout on (a training step).
         """
         events = graph.edge_sets[g.EVENT]
         adjacency = events.adjacency
         item_states = tf.gather(graph.node_sets[g.ITEM][tfgnn.HIDDEN_STATE], adjacency.source)
         event_states = self.event_context_input(tf.concat([item_states, events[tfgnn.HIDDEN_STATE]], axis=1))
         num_users = graph.node_sets[g.USER].total_size
-        in_context = self.event_context(event_states, adjacency.target, num_users)
+        in_context = self.event_context(event_states, adjacency.target, num_users, training=training)
         latest = tf.cast(latest_event, in_context.dtype)[:, None]
         user_states = tf.math.unsorted_segment_sum(in_context * latest, adjacency.target, num_users)
         return graph.replace_features(

@@ -170,7 +170,7 @@ class InterestModel(tf.keras.Model):
             candidates.append(sampled_values[0])
         fresh = self._batch_items(graph, *candidates) if training and tower.fine_tuned_text is not None else None
         item_vectors = tower.all_item_vectors(fresh_items=fresh)
-        interest_state, _ = self.encoder.encode(graph, item_vectors=item_vectors)
+        interest_state, _ = self.encoder.encode(graph, item_vectors=item_vectors, training=training)
         if exact:
             # Small catalogs can afford the exact softmax over every item.
             logits = self.all_scores(interest_state, item_vectors)

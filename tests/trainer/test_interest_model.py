@@ -277,3 +277,24 @@ def test_sequence_only_ablation_reads_the_window_without_graph_attention(tmp_pat
     result = evaluate(export_dir, [paths["test"]], paths["catalog"])
     # The next item is the successor of the latest one: the latest event's contextual state suffices.
     assert result["model"]["mrr@10"] > 0.5, result
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_training_steps_switch_on_the_event_context_dropout(tmp_path, dropout: float) -> None:
+    # The custom train_step calls the encoder directly, so the training flag must be passed down
+    # by hand: before it was, the configured dropout never acted.
+    paths = synthetic.make_dataset(str(tmp_path))
+    entries = read_catalog(paths["catalog"])
+    # Exact softmax and a zero learning rate: nothing but dropout can make two steps differ.
+    config = TrainerConfig(num_sampled=0, event_context_dropout=dropout)
+    tf.keras.utils.set_random_seed(3)
+    model = build_model(entries, synthetic.random_text_vectors(len(entries)), config)
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.0))
+    graph, labels = next(iter(training_dataset([paths["train"]], 64, shuffle=False)))
+    model(graph)
+    # The step reports a running mean: the second report equals the first iff both losses are equal.
+    first = float(model.train_step((graph, labels))["loss"])
+    second = float(model.train_step((graph, labels))["loss"])
+    assert (first != second) == (dropout > 0), (first, second)
+    # Outside training the same batch always gives the same loss.
+    assert float(model._loss(graph, labels, training=False)) == float(model._loss(graph, labels, training=False))
