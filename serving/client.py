@@ -463,7 +463,8 @@ class InterestClient:
         """
         known, version = self._model_knows(item_ids)
         encodings: dict[str, ItemEncoding | None] = {i: None for i in item_ids if i in known}
-        items = [item for item in map(self.store.item, item_ids) if item is not None and item.item_id not in known]
+        in_catalog = self.store.items([i for i in item_ids if i not in known])
+        items = [in_catalog[i] for i in dict.fromkeys(item_ids) if i in in_catalog]
         for start in range(0, len(items), ENCODE_ITEMS_BATCH):
             chunk = items[start : start + ENCODE_ITEMS_BATCH]
             width = max(1, *(len(i.categories) for i in chunk))

@@ -171,8 +171,12 @@ class InterestStore(abc.ABC):
         """Categories of the given items that are in the catalog."""
 
     @abc.abstractmethod
+    def items(self, item_ids: Sequence[str]) -> dict[str, Item]:
+        """The given items that are in the catalog, by id, read in one go."""
+
     def item(self, item_id: str) -> Item | None:
         """One catalog item, or None."""
+        return self.items([item_id]).get(item_id)
 
     @abc.abstractmethod
     def mark_added_items(self, item_ids: Iterable[str]) -> None:

@@ -198,12 +198,16 @@ class RedisInterestStore(InterestStore):
         bodies = self._redis.hmget(self._items_key, ids)
         return {item_id: tuple(json.loads(body)[2]) for item_id, body in zip(ids, bodies, strict=True) if body}
 
-    def item(self, item_id: str) -> Item | None:
-        body = self._redis.hget(self._items_key, item_id)
-        if body is None:
-            return None
-        title, description, categories = json.loads(body)
-        return Item(item_id, title, description, tuple(categories))
+    def items(self, item_ids: Sequence[str]) -> dict[str, Item]:
+        ids = list(dict.fromkeys(item_ids))
+        if not ids:
+            return {}
+        found: dict[str, Item] = {}
+        for item_id, body in zip(ids, self._redis.hmget(self._items_key, ids), strict=True):
+            if body:
+                title, description, categories = json.loads(body)
+                found[item_id] = Item(item_id, title, description, tuple(categories))
+        return found
 
     def mark_added_items(self, item_ids: Iterable[str]) -> None:
         ids = list(item_ids)

@@ -280,24 +280,29 @@ class SqliteInterestStore(InterestStore):
         return len(rows)
 
     def item_categories(self, item_ids: Sequence[str]) -> dict[str, tuple[str, ...]]:
+        return {
+            item_id: _split_categories(categories)
+            for item_id, categories in self._rows_of_items("item_id, categories", item_ids)
+        }
+
+    def items(self, item_ids: Sequence[str]) -> dict[str, Item]:
+        return {
+            item_id: Item(item_id, title, description, _split_categories(categories))
+            for item_id, title, description, categories in self._rows_of_items(
+                "item_id, title, description, categories", item_ids
+            )
+        }
+
+    def _rows_of_items(self, columns: str, item_ids: Sequence[str]) -> list[tuple]:
+        """`columns` of the catalog rows of the given items."""
         ids = list(dict.fromkeys(item_ids))
-        result: dict[str, tuple[str, ...]] = {}
+        rows: list[tuple] = []
         # SQLite limits the number of bound parameters per statement.
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            for item_id, categories in self._read(
-                f"SELECT item_id, categories FROM items WHERE item_id IN ({marks})", chunk
-            ):
-                result[item_id] = _split_categories(categories)
-        return result
-
-    def item(self, item_id: str) -> Item | None:
-        rows = self._read("SELECT item_id, title, description, categories FROM items WHERE item_id = ?", (item_id,))
-        if not rows:
-            return None
-        item_id, title, description, categories = rows[0]
-        return Item(item_id, title, description, _split_categories(categories))
+            rows += self._read(f"SELECT {columns} FROM items WHERE item_id IN ({marks})", chunk)
+        return rows
 
     def mark_added_items(self, item_ids: Iterable[str]) -> None:
         with self._write() as db:

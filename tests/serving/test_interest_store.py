@@ -156,6 +156,11 @@ def test_item_catalog_categories(store: InterestStore) -> None:
     assert store.item_categories([]) == {}
     assert store.item("i1") == Item("i1", "One", "", ("A", "B"))
     assert store.item("i3") is None
+    assert store.items(["i2", "i3", "i1", "i2"]) == {
+        "i2": Item("i2", "Two", "", ()),
+        "i1": Item("i1", "One", "", ("A", "B")),
+    }
+    assert store.items([]) == {}
 
 
 def test_added_items_and_their_encodings_per_model_version(store: InterestStore) -> None:
