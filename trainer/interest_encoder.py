@@ -99,7 +99,7 @@ class InterestEncoder(tf.keras.layers.Layer):
         message_passing_rounds: int = 1,
         use_memory: bool = True,
         event_context_blocks: int = 0,
-        event_context_dropout: float = 0.2,
+        event_context_dropout: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)

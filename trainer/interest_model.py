@@ -105,7 +105,7 @@ class InterestModel(tf.keras.Model):
         message_passing_rounds: int = 1,
         use_memory: bool = True,
         event_context_blocks: int = 0,
-        event_context_dropout: float = 0.2,
+        event_context_dropout: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
