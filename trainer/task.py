@@ -177,7 +177,10 @@ def _training_callbacks(inputs: TrainingInputs, config: TrainerConfig) -> list[t
     if config.learning_rate_plateau_factor < 1.0:
         callbacks.append(
             tf.keras.callbacks.ReduceLROnPlateau(
-                monitor=VALIDATION_METRIC, mode="max", factor=config.learning_rate_plateau_factor, patience=1
+                monitor=VALIDATION_METRIC,
+                mode="max",
+                factor=config.learning_rate_plateau_factor,
+                patience=config.learning_rate_plateau_patience,
             )
         )
     callbacks += [

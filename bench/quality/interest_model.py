@@ -115,7 +115,13 @@ class InterestGraphModel:
             # The epoch early stopping restored: the best validation NDCG@10, not the lowest loss.
             best_epoch=int(np.argmax(ranking)) + 1 if ranking else None,
             history=[
-                {"epoch": i + 1, "loss": history["loss"][i], "val_loss": v, VALIDATION_METRIC: ranking[i]}
+                {
+                    "epoch": i + 1,
+                    "loss": history["loss"][i],
+                    "val_loss": v,
+                    VALIDATION_METRIC: ranking[i],
+                    **({"lr": history["lr"][i]} if "lr" in history else {}),
+                }
                 for i, v in enumerate(losses)
             ],
         )
