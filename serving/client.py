@@ -209,6 +209,8 @@ class InterestClient:
         self.retry = retry or RetryPolicy()
         self._channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        # ((model version, store revision), table): reused until either moves.
+        self._added_items_cache: tuple[tuple[int, int], _AddedItemTable] | None = None
 
     def close(self) -> None:
         self._channel.close()
@@ -496,12 +498,21 @@ class InterestClient:
         )
         return {i for i, v in zip(item_ids, outputs[s.SCORES][0], strict=True) if np.isfinite(v)}, version
 
-    def _added_item_encodings(self, model_version: int) -> dict[str, ItemEncoding]:
+    def _added_items(self, model_version: int) -> _AddedItemTable:
         """Added items the model version was not trained on, with its encodings (encoding any missing now).
 
-        An outage or a model without `encode_items` leaves them out (logged):
-        recommendations then come from the model's own items only.
+        What was read is kept while the store's `added_items_revision` and the
+        served version stay the same, so a `recommend` costs one small read
+        instead of every encoding; a write by any process moves the revision.
+        An outage or a model without `encode_items` leaves the missing ones
+        out (logged, and not kept): recommendations then come from the
+        model's own items and the items encoded before.
         """
+        # Read before the data: what follows is at least as new as this revision.
+        revision = self.store.added_items_revision()
+        cached = self._added_items_cache
+        if cached is not None and cached[0] == (model_version, revision):
+            return cached[1]
         encodings = self.store.item_encodings(model_version)
         pending = [i for i in self.store.added_item_ids() if i not in encodings]
         if pending:
@@ -512,7 +523,11 @@ class InterestClient:
                 fresh, version = {}, model_version
             if version == model_version:
                 encodings.update(fresh)
-        return {i: e for i, e in encodings.items() if e is not None}
+        table = _AddedItemTable.of({i: e for i, e in encodings.items() if e is not None})
+        if not pending:
+            # With items pending, this client's own save (or a failure) moved on from `revision`.
+            self._added_items_cache = ((model_version, revision), table)
+        return table
 
     def recommend(self, user_id: str, k: int = 10) -> list[Recommendation]:
         """Top-k items for the user, excluding items the user already interacted with.
@@ -545,10 +560,8 @@ class InterestClient:
             for item, score in zip(outputs[s.ITEM_IDS][0], outputs[s.SCORES][0], strict=False)
             if item
         ]
-        added = {i: e for i, e in self._added_item_encodings(version).items() if i not in seen_items}
-        if not added:
-            return ranked
-        ranked += [Recommendation(i, v) for i, v in _added_item_scores(state.state, added).items()]
+        added = self._added_items(version).scores(state.state)
+        ranked += [Recommendation(i, v) for i, v in added.items() if i not in seen_items]
         return sorted(ranked, key=lambda r: -r.score)[:k]
 
     def score(self, user_id: str, item_ids: Sequence[str]) -> dict[str, float]:
@@ -565,8 +578,8 @@ class InterestClient:
         scores = {item: float(v) for item, v in zip(item_ids, outputs[s.SCORES][0], strict=False)}
         unknown = [i for i, v in scores.items() if v == float("-inf")]
         if unknown and version == state.model_version:
-            added = self._added_item_encodings(version)
-            scores |= _added_item_scores(state.state, {i: added[i] for i in unknown if i in added})
+            added = self._added_items(version).scores(state.state)
+            scores |= {i: added[i] for i in unknown if i in added}
         return scores
 
 
@@ -588,11 +601,30 @@ def _validated(
     return accepted, rejected
 
 
-def _added_item_scores(interest_state: np.ndarray, encodings: Mapping[str, ItemEncoding]) -> dict[str, float]:
-    """Scores as the model's `score` gives them: the best match over the user's interests, plus the bias."""
-    if not encodings:
-        return {}
-    vectors = np.stack([e.vector for e in encodings.values()])
-    bias = np.array([e.bias for e in encodings.values()], np.float32)
-    scores = (np.asarray(interest_state, np.float32) @ vectors.T).max(axis=0) + bias
-    return {item_id: float(v) for item_id, v in zip(encodings, scores, strict=True)}
+@dataclasses.dataclass(frozen=True)
+class _AddedItemTable:
+    """One model version's encodings of the added items it was not trained on, stacked for scoring.
+
+    Attributes:
+      item_ids: the items, in the rows' order.
+      vectors: [items, INTEREST_DIM] their vectors in the model's item space.
+      bias: [items] their score offsets.
+    """
+
+    item_ids: tuple[str, ...]
+    vectors: np.ndarray
+    bias: np.ndarray
+
+    @classmethod
+    def of(cls, encodings: Mapping[str, ItemEncoding]) -> _AddedItemTable:
+        if not encodings:
+            return cls((), np.zeros((0, s.INTEREST_DIM), np.float32), np.zeros((0,), np.float32))
+        vectors = np.stack([e.vector for e in encodings.values()]).astype(np.float32)
+        return cls(tuple(encodings), vectors, np.array([e.bias for e in encodings.values()], np.float32))
+
+    def scores(self, interest_state: np.ndarray) -> dict[str, float]:
+        """Scores as the model's `score` gives them: the best match over the user's interests, plus the bias."""
+        if not self.item_ids:
+            return {}
+        scores = (np.asarray(interest_state, np.float32) @ self.vectors.T).max(axis=0) + self.bias
+        return dict(zip(self.item_ids, scores.tolist(), strict=True))

@@ -194,6 +194,15 @@ class InterestStore(abc.ABC):
     def item_encodings(self, model_version: int) -> dict[str, ItemEncoding | None]:
         """Everything `save_item_encodings` stored for the model version."""
 
+    @abc.abstractmethod
+    def added_items_revision(self) -> int:
+        """A counter that every change by `mark_added_items` or `save_item_encodings` raises.
+
+        It lets a reader keep what it read of the added items and their
+        encodings, in any process, for as long as the counter stays where it
+        was when it started reading: someone else's write moves it.
+        """
+
 
 def encode_state(state: np.ndarray) -> tuple[bytes, str]:
     """A state tensor as float32 bytes and its shape ("2,4"), the form both backends store."""

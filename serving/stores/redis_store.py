@@ -8,6 +8,11 @@ one Redis database):
                                          revision, stale
     <prefix>stale-users            set   users whose state is marked stale
     <prefix>items                  hash  item_id -> item as JSON
+    <prefix>added-items            set   items added after training
+    <prefix>item-encodings:<ver>   hash  item_id -> what model version <ver> made
+                                         of an added item ("" = trained on it)
+    <prefix>added-items-revision   int   raised by every write of the two above,
+                                         after the write
 
 `<user>` is the URL-quoted user id, so it holds no `:` or glob characters and
 `<prefix>user:{<user>}:*` matches exactly one user's keys; the braces make it
@@ -86,6 +91,7 @@ class RedisInterestStore(InterestStore):
         self._items_key = f"{prefix}items"
         self._added_items_key = f"{prefix}added-items"
         self._encodings_key = f"{prefix}item-encodings"
+        self._added_items_revision_key = f"{prefix}added-items-revision"
 
     def _user_key(self, user_id: str, kind: str) -> str:
         return f"{self.prefix}user:{{{quote(user_id, safe='')}}}:{kind}"
@@ -209,7 +215,12 @@ class RedisInterestStore(InterestStore):
     def mark_added_items(self, item_ids: Iterable[str]) -> None:
         ids = list(item_ids)
         if ids:
-            self._redis.sadd(self._added_items_key, *ids)
+            # The data first, then the revision: a reader reads the revision first, so
+            # what it reads is never older than the revision it keeps it under.
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.sadd(self._added_items_key, *ids)
+            pipe.incr(self._added_items_revision_key)
+            pipe.execute()
 
     def added_item_ids(self) -> list[str]:
         return sorted(i.decode() for i in self._redis.smembers(self._added_items_key))
@@ -218,8 +229,14 @@ class RedisInterestStore(InterestStore):
         # An empty value: the model version was trained on the item.
         mapping = {i: b"" if e is None else e.to_bytes() for i, e in encodings.items()}
         if mapping:
-            self._redis.hset(f"{self._encodings_key}:{model_version}", mapping=mapping)
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.hset(f"{self._encodings_key}:{model_version}", mapping=mapping)
+            pipe.incr(self._added_items_revision_key)
+            pipe.execute()
 
     def item_encodings(self, model_version: int) -> dict[str, ItemEncoding | None]:
         stored = self._redis.hgetall(f"{self._encodings_key}:{model_version}")
         return {i.decode(): ItemEncoding.from_bytes(data) if data else None for i, data in stored.items()}
+
+    def added_items_revision(self) -> int:
+        return int(self._redis.get(self._added_items_revision_key) or 0)

@@ -66,7 +66,12 @@ CREATE TABLE IF NOT EXISTS item_encodings (
     encoding      BLOB,
     PRIMARY KEY (model_version, item_id)
 );
+CREATE TABLE IF NOT EXISTS counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 """
+_ADDED_ITEMS_REVISION = "added_items_revision"
 _EVENT_COLUMNS = "user_id, item_id, event_type, timestamp, value, text, event_id"
 _CATEGORY_SEPARATOR = "\x1f"
 _BUSY_TIMEOUT_S = 30.0
@@ -306,19 +311,36 @@ class SqliteInterestStore(InterestStore):
 
     def mark_added_items(self, item_ids: Iterable[str]) -> None:
         with self._write() as db:
-            db.executemany("INSERT OR IGNORE INTO added_items VALUES (?)", [(i,) for i in item_ids])
+            marked = db.executemany("INSERT OR IGNORE INTO added_items VALUES (?)", [(i,) for i in item_ids])
+            if marked.rowcount > 0:
+                _raise_added_items_revision(db)
 
     def added_item_ids(self) -> list[str]:
         return [row[0] for row in self._read("SELECT item_id FROM added_items ORDER BY item_id")]
 
     def save_item_encodings(self, model_version: int, encodings: Mapping[str, ItemEncoding | None]) -> None:
         rows = [(model_version, i, None if e is None else e.to_bytes()) for i, e in encodings.items()]
+        if not rows:
+            return
         with self._write() as db:
             db.executemany("INSERT OR REPLACE INTO item_encodings VALUES (?, ?, ?)", rows)
+            _raise_added_items_revision(db)
 
     def item_encodings(self, model_version: int) -> dict[str, ItemEncoding | None]:
         rows = self._read("SELECT item_id, encoding FROM item_encodings WHERE model_version = ?", (model_version,))
         return {i: None if data is None else ItemEncoding.from_bytes(data) for i, data in rows}
+
+    def added_items_revision(self) -> int:
+        rows = self._read("SELECT value FROM counters WHERE name = ?", (_ADDED_ITEMS_REVISION,))
+        return int(rows[0][0]) if rows else 0
+
+
+def _raise_added_items_revision(db: sqlite3.Connection) -> None:
+    """Within the write's transaction, so a reader never sees the change without the new revision."""
+    db.execute(
+        "INSERT INTO counters VALUES (?, 1) ON CONFLICT(name) DO UPDATE SET value = value + 1",
+        (_ADDED_ITEMS_REVISION,),
+    )
 
 
 def _split_categories(joined: str) -> tuple[str, ...]:

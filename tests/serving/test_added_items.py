@@ -12,7 +12,7 @@ import pytest
 from schemas.catalog import read_catalog
 from schemas.events import Event, Item
 from serving.client import InterestClient
-from serving.interest_store import InterestStore, SqliteInterestStore
+from serving.interest_store import InterestStore, ItemEncoding, SqliteInterestStore
 from tests.serving.backends import StoreSpec
 from tests.serving.served_model import MODEL_NAME, ModelServer
 from tests.serving.test_client import _cli
@@ -83,6 +83,47 @@ def test_a_new_model_version_encodes_added_items_again(tiny_model: dict[str, str
     finally:
         server.stop()
     np.testing.assert_allclose(store.item_encodings(2)["new-0"].vector, store.item_encodings(1)["new-0"].vector)
+    store.close()
+
+
+def test_items_added_by_another_client_are_ranked_on_the_next_call(
+    client: InterestClient, model_server: ModelServer, open_test_store
+) -> None:
+    """A client keeps the added items it read until the store's revision moves, so it never misses a new one."""
+    client.record(_views("shopper", ["item3", "item6"]))
+    client.add_items(NEW_ITEMS[:1])
+    assert "new-0" in [r.item_id for r in client.recommend("shopper", k=100)]
+    with InterestClient(model_server.target, open_test_store(), MODEL_NAME) as other:
+        other.add_items(NEW_ITEMS[1:])
+    ids = [r.item_id for r in client.recommend("shopper", k=100)]
+    assert {"new-0", "new-1"} <= set(ids)
+    assert np.isfinite(client.score("shopper", ["new-1"])["new-1"])
+
+
+class _CountingEncodingReads(SqliteInterestStore):
+    """The SQLite store, counting how often the added items' encodings are read."""
+
+    encoding_reads = 0
+
+    def item_encodings(self, model_version: int) -> dict[str, ItemEncoding | None]:
+        self.encoding_reads += 1
+        return super().item_encodings(model_version)
+
+
+def test_recommend_reads_the_encodings_again_only_after_a_write(
+    model_server: ModelServer, tiny_model: dict[str, str], tmp_path: Path
+) -> None:
+    store = _CountingEncodingReads(str(tmp_path / "state.sqlite"))
+    store.upsert_items(entry.item for entry in read_catalog(tiny_model["catalog"]))
+    with InterestClient(model_server.target, store, MODEL_NAME) as client:
+        client.add_items(NEW_ITEMS[:1])
+        first = client.recommend("newcomer", k=100)
+        reads = store.encoding_reads
+        assert client.recommend("newcomer", k=100) == first and "new-0" in [r.item_id for r in first]
+        assert store.encoding_reads == reads, "nothing was written: the client's copy is current"
+        client.add_items(NEW_ITEMS[1:])
+        assert "new-1" in [r.item_id for r in client.recommend("newcomer", k=100)]
+        assert store.encoding_reads > reads
     store.close()
 
 

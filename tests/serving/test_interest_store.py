@@ -181,6 +181,30 @@ def test_added_items_and_their_encodings_per_model_version(store: InterestStore)
     assert store.item_encodings(3) == {}
 
 
+def test_every_write_of_added_items_or_encodings_moves_the_revision_seen_by_other_connections(
+    open_test_store: Callable[[], InterestStore],
+) -> None:
+    writer, reader = open_test_store(), open_test_store()
+    assert reader.added_items_revision() == 0
+    seen = [reader.added_items_revision()]
+    for write in (
+        lambda: writer.mark_added_items(["new-1"]),
+        lambda: writer.mark_added_items(["new-1", "new-2"]),
+        lambda: writer.save_item_encodings(1, {"new-1": None}),
+        lambda: writer.save_item_encodings(1, {"new-1": ItemEncoding(np.ones(3, np.float32), 0.5)}),
+        lambda: writer.save_item_encodings(2, {"new-2": None}),
+    ):
+        write()
+        seen.append(reader.added_items_revision())
+        assert seen[-1] > seen[-2], f"write {len(seen) - 1} left the revision at {seen[-2]}"
+    # Writes that change nothing, and reads, may leave it where it is.
+    writer.mark_added_items([])
+    writer.save_item_encodings(3, {})
+    reader.added_item_ids()
+    reader.item_encodings(1)
+    assert reader.added_items_revision() == writer.added_items_revision() >= seen[-1]
+
+
 def test_two_processes_saving_with_compare_and_set_lose_no_event(store_spec: StoreSpec) -> None:
     """Two processes add events for one user and save "states" (the event ids read) with compare-and-set.
 
