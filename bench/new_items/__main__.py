@@ -5,7 +5,10 @@
 2. Over gRPC, against the project's model server: `InterestClient.add_items`
    throughput, and `InterestClient.recommend` (k=10) for a user with 50 events
    while the store holds 0, 100, 1,000 and 10,000 added items (the client
-   scores them itself and merges them with the model's top k).
+   scores them itself and merges them with the model's top k). Twice: with
+   nothing written between calls (the client reuses what it read), and with
+   another connection rewriting one item's encoding before every call (the
+   client reads every encoding again).
 
 Results go to bench/results/new_items.json.
 
@@ -87,7 +90,7 @@ def recommend_with_added_items(model: Any, events: list[Event], items: list[Item
     user = Counter(e.user_id for e in events).most_common(1)[0][0]
     history = sorted((e for e in events if e.user_id == user), key=lambda e: e.timestamp)[:50]
     rng = random.Random(1)
-    result: dict[str, Any] = {"user_events": len(history), "recommend_k10": {}}
+    result: dict[str, Any] = {"user_events": len(history), "recommend_k10": {}, "recommend_k10_after_a_write": {}}
     with tempfile.TemporaryDirectory() as tmp:
         server = ServerProcess(model, None, os.path.join(tmp, "server.log"))
         try:
@@ -121,9 +124,29 @@ def recommend_with_added_items(model: Any, events: list[Event], items: list[Item
                             f"[new_items] recommend with {count} added items: {result['recommend_k10'][str(count)]}",
                             flush=True,
                         )
+                        if count:
+                            result["recommend_k10_after_a_write"][str(count)] = _after_writes(
+                                client, user, os.path.join(tmp, "state.sqlite"), calls
+                            )
         finally:
             server.stop()
     return result
+
+
+def _after_writes(client: InterestClient, user: str, store_path: str, calls: int) -> dict[str, float]:
+    """recommend latency when another process's write (one encoding saved again) came before each call."""
+    seconds = []
+    with SqliteInterestStore(store_path) as other:
+        version = client.interest_state(user).model_version
+        item_id, encoding = next(iter(other.item_encodings(version).items()))
+        for _ in range(calls):
+            other.save_item_encodings(version, {item_id: encoding})
+            start = time.perf_counter()
+            client.recommend(user, 10)
+            seconds.append(time.perf_counter() - start)
+    timings = _percentiles(seconds)
+    print(f"[new_items]   ... after a write each time: {timings}", flush=True)
+    return timings
 
 
 def main(argv: list[str] | None = None) -> int:
