@@ -560,8 +560,8 @@ class InterestClient:
             for item, score in zip(outputs[s.ITEM_IDS][0], outputs[s.SCORES][0], strict=False)
             if item
         ]
-        added = self._added_items(version).scores(state.state)
-        ranked += [Recommendation(i, v) for i, v in added.items() if i not in seen_items]
+        added = self._added_items(version).best(state.state, k, seen_items)
+        ranked += [Recommendation(i, v) for i, v in added]
         return sorted(ranked, key=lambda r: -r.score)[:k]
 
     def score(self, user_id: str, item_ids: Sequence[str]) -> dict[str, float]:
@@ -578,8 +578,7 @@ class InterestClient:
         scores = {item: float(v) for item, v in zip(item_ids, outputs[s.SCORES][0], strict=False)}
         unknown = [i for i, v in scores.items() if v == float("-inf")]
         if unknown and version == state.model_version:
-            added = self._added_items(version).scores(state.state)
-            scores |= {i: added[i] for i in unknown if i in added}
+            scores |= self._added_items(version).scores(state.state, unknown)
         return scores
 
 
@@ -609,22 +608,41 @@ class _AddedItemTable:
       item_ids: the items, in the rows' order.
       vectors: [items, INTEREST_DIM] their vectors in the model's item space.
       bias: [items] their score offsets.
+      row_of: item id -> its row.
     """
 
     item_ids: tuple[str, ...]
     vectors: np.ndarray
     bias: np.ndarray
+    row_of: dict[str, int]
 
     @classmethod
     def of(cls, encodings: Mapping[str, ItemEncoding]) -> _AddedItemTable:
         if not encodings:
-            return cls((), np.zeros((0, s.INTEREST_DIM), np.float32), np.zeros((0,), np.float32))
+            return cls((), np.zeros((0, s.INTEREST_DIM), np.float32), np.zeros((0,), np.float32), {})
         vectors = np.stack([e.vector for e in encodings.values()]).astype(np.float32)
-        return cls(tuple(encodings), vectors, np.array([e.bias for e in encodings.values()], np.float32))
+        bias = np.array([e.bias for e in encodings.values()], np.float32)
+        return cls(tuple(encodings), vectors, bias, {item_id: row for row, item_id in enumerate(encodings)})
 
-    def scores(self, interest_state: np.ndarray) -> dict[str, float]:
-        """Scores as the model's `score` gives them: the best match over the user's interests, plus the bias."""
-        if not self.item_ids:
+    def _scores(self, interest_state: np.ndarray, rows: Any = None) -> np.ndarray:
+        # As the model's `score`: the best match over the user's interests, plus the bias.
+        rows = slice(None) if rows is None else rows
+        return (np.asarray(interest_state, np.float32) @ self.vectors[rows].T).max(axis=0) + self.bias[rows]
+
+    def scores(self, interest_state: np.ndarray, item_ids: Iterable[str]) -> dict[str, float]:
+        """The user's scores of those of the given items that are in the table."""
+        known = [i for i in item_ids if i in self.row_of]
+        if not known:
             return {}
-        scores = (np.asarray(interest_state, np.float32) @ self.vectors.T).max(axis=0) + self.bias
-        return dict(zip(self.item_ids, scores.tolist(), strict=True))
+        scores = self._scores(interest_state, [self.row_of[i] for i in known])
+        return dict(zip(known, scores.tolist(), strict=True))
+
+    def best(self, interest_state: np.ndarray, k: int, exclude: set[str]) -> list[tuple[str, float]]:
+        """The k best-scoring items for the user that are not in `exclude`, best first."""
+        if not self.item_ids:
+            return []
+        scores = self._scores(interest_state)
+        scores[[self.row_of[i] for i in exclude if i in self.row_of]] = -np.inf
+        top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return [(self.item_ids[row], float(scores[row])) for row in top if np.isfinite(scores[row])]
