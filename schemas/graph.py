@@ -157,6 +157,17 @@ def select_event_window(events: Iterable[Event], prediction_time: int, max_event
     return split_history(events, prediction_time, max_events)[1]
 
 
+def recent_item_ids(events: Iterable[Event], count: int) -> list[str]:
+    """The items of the user's latest `count` events, the latest first, padded with "".
+
+    What the served model's `recent_item_ids` input holds (the co-interaction
+    channel reads it); `update_interest` returns the same list for the window
+    it was given.
+    """
+    latest = sorted(events, key=event_order)[-count:] if count else []
+    return [e.item_id for e in reversed(latest)] + [""] * (count - len(latest))
+
+
 def split_history(events: Iterable[Event], prediction_time: int, max_events: int) -> tuple[list[Event], list[Event]]:
     """The user's events strictly before `prediction_time`: (remembered, window), both oldest first.
 

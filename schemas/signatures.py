@@ -11,8 +11,9 @@ read these names; nothing else spells them.
                                                          are only the newly evicted
                                                          events, merged into the
                                                          given memory
-    recommend(interest_state, exclude_item_ids, k)    -> item_ids, scores
-    score(interest_state, item_ids)                   -> scores
+    recommend(interest_state, recent_item_ids,       -> item_ids, scores
+              exclude_item_ids, k)
+    score(interest_state, recent_item_ids, item_ids)  -> scores
     encode_items(titles, descriptions,                -> item_vectors, item_bias
                  item_categories)
 
@@ -30,6 +31,14 @@ in the user's current interests, with weights that sum to 1 over the window
 (`interest_item_ids`/`interest_item_weights`, top TOP_INTEREST_ITEMS;
 `interest_categories`/`interest_category_weights`, top TOP_INTEREST_CATEGORIES;
 padded with "" and weight 0).
+
+`recent_item_ids` are the items of the user's latest events, most recent
+first (at most RECENT_ITEMS, padded with ""): the items of the window's last
+events, as `update_interest` returns them. `recommend` and `score` add the
+co-interaction channel (trainer/co_interaction_channel.py): a candidate
+gains from being often consumed next to those items in training, the nearer
+the more. A client that holds the user's events takes them from there
+(`recent_item_ids_of`); they need no storing.
 
 `encode_items` places items the model never saw (added to the catalog after
 training) in its item space: text through the model's BERT, categories
@@ -53,6 +62,9 @@ INTEREST_DIM = 64
 NUM_INTERESTS = 4
 TOP_INTEREST_ITEMS = 10
 TOP_INTEREST_CATEGORIES = 5
+# The co-interaction channel reads this many of the user's latest items; with
+# its half-life of a few events, older ones would weigh under 1 %.
+RECENT_ITEMS = 20
 # The long-term memory: the recency-weighted mean item vector of the events
 # older than the window, then the log of their total weight at the prediction
 # time (NO_MEMORY_LOG_MASS: nothing remembered). See trainer/long_term_memory.py.
@@ -75,6 +87,7 @@ EXCLUDE_ITEM_IDS = "exclude_item_ids"
 K = "k"
 ITEM_IDS = "item_ids"
 SCORES = "scores"
+RECENT_ITEM_IDS = "recent_item_ids"
 INTEREST_ITEM_IDS = "interest_item_ids"
 INTEREST_ITEM_WEIGHTS = "interest_item_weights"
 INTEREST_CATEGORIES = "interest_categories"
@@ -119,6 +132,7 @@ _INTEREST_OUTPUTS = (
     TensorContract(INTEREST_ITEM_WEIGHTS, "float32", (None, TOP_INTEREST_ITEMS)),
     TensorContract(INTEREST_CATEGORIES, "string", (None, TOP_INTEREST_CATEGORIES)),
     TensorContract(INTEREST_CATEGORY_WEIGHTS, "float32", (None, TOP_INTEREST_CATEGORIES)),
+    TensorContract(RECENT_ITEM_IDS, "string", (None, RECENT_ITEMS)),
 )
 
 SIGNATURES: dict[str, SignatureContract] = {
@@ -137,6 +151,7 @@ SIGNATURES: dict[str, SignatureContract] = {
         RECOMMEND,
         inputs=(
             TensorContract(INTEREST_STATE, "float32", (None, None, INTEREST_DIM)),
+            TensorContract(RECENT_ITEM_IDS, "string", (None, RECENT_ITEMS)),
             TensorContract(EXCLUDE_ITEM_IDS, "string", (None, None)),
             TensorContract(K, "int32", (None,)),
         ),
@@ -146,6 +161,7 @@ SIGNATURES: dict[str, SignatureContract] = {
         SCORE,
         inputs=(
             TensorContract(INTEREST_STATE, "float32", (None, None, INTEREST_DIM)),
+            TensorContract(RECENT_ITEM_IDS, "string", (None, RECENT_ITEMS)),
             TensorContract(ITEM_IDS, "string", (None, None)),
         ),
         outputs=(TensorContract(SCORES, "float32", (None, None)),),

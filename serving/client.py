@@ -42,7 +42,7 @@ from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_service_p
 
 from schemas import signatures as s
 from schemas.events import Event, InvalidRecordError, Item, RejectedRecord, parse_event, parse_item, reviews_with_text
-from schemas.graph import EventWindowConfig
+from schemas.graph import EventWindowConfig, recent_item_ids
 from schemas.memory import MemoryCheckpoint, UpdatePlan, checkpoint_after, interest_request, plan_update
 from serving.grpc_retry import RETRYABLE_IF_IDEMPOTENT, RetryPolicy, call_with_retries
 from serving.interest_store import InterestStateRecord, InterestStore, ItemEncoding
@@ -542,10 +542,12 @@ class InterestClient:
         if k <= 0:
             raise ValueError(f"k must be positive, got {k}")
         state = self.interest_state(user_id)
-        seen_items = {e.item_id for e in self.store.user_events(user_id)}
+        events = self.store.user_events(user_id)
+        seen_items = {e.item_id for e in events}
         seen = sorted(seen_items) or [s.PADDING_ITEM_ID]
         inputs = {
             s.INTEREST_STATE: state.state[None],
+            s.RECENT_ITEM_IDS: self._recent_item_ids(events),
             s.EXCLUDE_ITEM_IDS: np.array([seen], dtype=object),
             s.K: np.array([k], dtype=np.int32),
         }
@@ -564,6 +566,11 @@ class InterestClient:
         ranked += [Recommendation(i, v) for i, v in added]
         return sorted(ranked, key=lambda r: -r.score)[:k]
 
+    def _recent_item_ids(self, events: Sequence[Event]) -> np.ndarray:
+        """[1, RECENT_ITEMS] the user's latest items, as `update_interest` read them from the window."""
+        window = events[-self.window.max_events :] if self.window.max_events else []
+        return np.array([recent_item_ids(window, s.RECENT_ITEMS)], dtype=object)
+
     def score(self, user_id: str, item_ids: Sequence[str]) -> dict[str, float]:
         """The model's score of each given item for the user (-inf for unknown items).
 
@@ -572,9 +579,12 @@ class InterestClient:
         if not item_ids:
             return {}
         state = self.interest_state(user_id)
-        outputs, version = self._predict(
-            s.SCORE, {s.INTEREST_STATE: state.state[None], s.ITEM_IDS: np.array([list(item_ids)], dtype=object)}
-        )
+        inputs = {
+            s.INTEREST_STATE: state.state[None],
+            s.RECENT_ITEM_IDS: self._recent_item_ids(self.store.user_events(user_id)),
+            s.ITEM_IDS: np.array([list(item_ids)], dtype=object),
+        }
+        outputs, version = self._predict(s.SCORE, inputs)
         scores = {item: float(v) for item, v in zip(item_ids, outputs[s.SCORES][0], strict=False)}
         unknown = [i for i, v in scores.items() if v == float("-inf")]
         if unknown and version == state.model_version:

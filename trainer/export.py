@@ -22,6 +22,7 @@ import tensorflow as tf  # noqa: E402
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2  # noqa: E402
 
 from schemas import signatures as s  # noqa: E402
+from trainer.co_interaction_channel import CoInteractionChannel, recent_item_ids  # noqa: E402
 from trainer.graph_dataset import graph_tensor_spec, parse_subgraphs  # noqa: E402
 from trainer.interest_model import InterestModel, best_interest_scores, readable_interest_graph  # noqa: E402
 from trainer.item_tower import OOV_INDEX  # noqa: E402
@@ -40,6 +41,7 @@ def export_serving_model(
     warmup_subgraphs: Sequence[bytes],
     score_offsets: np.ndarray | None = None,
     new_items: NewItemEncoder | None = None,
+    co_interaction: CoInteractionChannel | None = None,
 ) -> None:
     """Writes the SavedModel with the update, fold, recommend and score signatures.
 
@@ -57,6 +59,9 @@ def export_serving_model(
         `trainer.rare_item_boost.rare_item_lift`); None adds nothing. The
         nonzero ones are also written to `SCORE_OFFSETS_FILE`.
       new_items: encodes items added after training (`encode_items`).
+      co_interaction: the channel `recommend` and `score` add, over the
+        user's `recent_item_ids`; None adds nothing (the inputs stay, so the
+        contract does not depend on it).
     """
     spec = graph_tensor_spec()
     tower = model.item_tower
@@ -77,14 +82,18 @@ def export_serving_model(
         name="item_bias",
     )
     vocabulary = tf.constant([s.PADDING_ITEM_ID] + tower.item_ids)
+    if co_interaction is None:
+        co_interaction = CoInteractionChannel(tower.item_ids, {}, half_life=1.0)
 
     archive = tf.keras.export.ExportArchive()
     archive.track(model)
     archive.item_vectors = item_vectors
     archive.item_bias = item_bias
+    archive.co_interaction = co_interaction
 
-    def all_scores(interest_state: tf.Tensor) -> tf.Tensor:
-        return best_interest_scores(interest_state, item_vectors) + item_bias
+    def all_scores(interest_state: tf.Tensor, recent_items: tf.Tensor) -> tf.Tensor:
+        channel = co_interaction.scores(tower.indices(recent_items))
+        return best_interest_scores(interest_state, item_vectors) + item_bias + channel
 
     def interest_outputs(subgraph: tf.Tensor, prior_memory: tf.Tensor | None) -> dict[str, tf.Tensor]:
         graph = parse_subgraphs(subgraph, spec)
@@ -99,6 +108,7 @@ def export_serving_model(
             s.INTEREST_ITEM_WEIGHTS: readable["item_weights"],
             s.INTEREST_CATEGORIES: readable["categories"],
             s.INTEREST_CATEGORY_WEIGHTS: readable["category_weights"],
+            s.RECENT_ITEM_IDS: recent_item_ids(graph, s.RECENT_ITEMS),
         }
 
     @tf.function(input_signature=_spec(s.SIGNATURES[s.UPDATE_INTEREST]))
@@ -110,8 +120,10 @@ def export_serving_model(
         return interest_outputs(subgraph, long_term_memory)
 
     @tf.function(input_signature=_spec(s.SIGNATURES[s.RECOMMEND]))
-    def recommend(interest_state: tf.Tensor, exclude_item_ids: tf.Tensor, k: tf.Tensor) -> dict[str, tf.Tensor]:
-        scores = all_scores(interest_state)
+    def recommend(
+        interest_state: tf.Tensor, recent_item_ids: tf.Tensor, exclude_item_ids: tf.Tensor, k: tf.Tensor
+    ) -> dict[str, tf.Tensor]:
+        scores = all_scores(interest_state, recent_item_ids)
         excluded = tower.indices(exclude_item_ids)
         rows = tf.broadcast_to(tf.range(tf.shape(excluded)[0], dtype=excluded.dtype)[:, None], tf.shape(excluded))
         positions = tf.reshape(tf.stack([rows, excluded], axis=-1), [-1, 2])
@@ -126,10 +138,12 @@ def export_serving_model(
         return {s.ITEM_IDS: ids, s.SCORES: tf.where(keep, top.values, float("-inf"))}
 
     @tf.function(input_signature=_spec(s.SIGNATURES[s.SCORE]))
-    def score(interest_state: tf.Tensor, item_ids: tf.Tensor) -> dict[str, tf.Tensor]:
-        vectors = tf.gather(item_vectors, tower.indices(item_ids))
-        bias = tf.gather(item_bias, tower.indices(item_ids))
-        values = tf.reduce_max(tf.einsum("bmd,bnd->bmn", interest_state, vectors), axis=1) + bias
+    def score(interest_state: tf.Tensor, recent_item_ids: tf.Tensor, item_ids: tf.Tensor) -> dict[str, tf.Tensor]:
+        rows = tower.indices(item_ids)
+        vectors = tf.gather(item_vectors, rows)
+        bias = tf.gather(item_bias, rows)
+        channel = tf.gather(co_interaction.scores(tower.indices(recent_item_ids)), rows, batch_dims=1)
+        values = tf.reduce_max(tf.einsum("bmd,bnd->bmn", interest_state, vectors), axis=1) + bias + channel
         # Unknown items get -inf: ranked last, and visibly not a real score.
         return {s.SCORES: tf.where(bias < -1e8, float("-inf"), values)}
 
@@ -175,16 +189,22 @@ def write_warmup_requests(
     subgraph_batch = tf.constant(list(subgraphs), tf.string)
     outputs = update_interest(subgraph_batch)
     state = outputs[s.INTEREST_STATE].numpy()
+    recent = outputs[s.RECENT_ITEM_IDS]
     n = len(subgraphs)
     requests = {
         s.UPDATE_INTEREST: {s.SUBGRAPH: subgraph_batch},
         s.FOLD_INTEREST: {s.SUBGRAPH: subgraph_batch, s.LONG_TERM_MEMORY: outputs[s.LONG_TERM_MEMORY]},
         s.RECOMMEND: {
             s.INTEREST_STATE: state,
+            s.RECENT_ITEM_IDS: recent,
             s.EXCLUDE_ITEM_IDS: tf.constant([[sample_item_ids[0], s.PADDING_ITEM_ID]] * n),
             s.K: tf.constant([10] * n, tf.int32),
         },
-        s.SCORE: {s.INTEREST_STATE: state, s.ITEM_IDS: tf.constant([list(sample_item_ids)] * n)},
+        s.SCORE: {
+            s.INTEREST_STATE: state,
+            s.RECENT_ITEM_IDS: recent,
+            s.ITEM_IDS: tf.constant([list(sample_item_ids)] * n),
+        },
     }
     if encode_items:
         requests[s.ENCODE_ITEMS] = {

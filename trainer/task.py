@@ -18,10 +18,12 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from schemas.catalog import CatalogEntry, catalog_path, read_catalog  # noqa: E402
+from schemas.signatures import RECENT_ITEMS  # noqa: E402
+from trainer.co_interaction_channel import CoInteractionChannel, choose_weight, recent_item_ids  # noqa: E402
 from trainer.config import TrainerConfig  # noqa: E402
 from trainer.export import export_serving_model  # noqa: E402
 from trainer.fine_tuned_text import FineTunedText  # noqa: E402
-from trainer.graph_dataset import training_dataset  # noqa: E402
+from trainer.graph_dataset import parse_subgraphs, read_evaluation_points, training_dataset  # noqa: E402
 from trainer.interest_model import InterestModel  # noqa: E402
 from trainer.item_tower import OOV_INDEX, ItemTower  # noqa: E402
 from trainer.new_item_encoder import NewItemEncoder, new_item_bias  # noqa: E402
@@ -233,6 +235,7 @@ def train(inputs: TrainingInputs, config: TrainerConfig) -> dict[str, Any]:
         callbacks=_training_callbacks(inputs, config),
     )
     fit_s = time.time() - start
+    channel, channel_validation = _co_interaction_channel(entries, model, config, inputs.eval_files)
     eval_files = sorted(tf.io.gfile.glob(inputs.eval_files[0]))
     warmup = [x.numpy() for x in tf.data.TFRecordDataset(eval_files, "GZIP").take(2)]
     export_serving_model(
@@ -241,9 +244,14 @@ def train(inputs: TrainingInputs, config: TrainerConfig) -> dict[str, Any]:
         warmup,
         _score_offsets(entries, model, config),
         _new_item_encoder(entries, model, config, inputs.bert_dir),
+        channel,
     )
     result = {
         "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+        "co_interaction": {
+            "weight": float(channel.weight.numpy()),
+            "validation_ndcg@10": {str(w): round(v, 6) for w, v in channel_validation.items()},
+        },
         "config": config.to_dict(),
         "timings_s": {"item_text_vectors": round(text_s, 2), "fit": round(fit_s, 2)},
         "items": len(entries),
@@ -254,6 +262,41 @@ def train(inputs: TrainingInputs, config: TrainerConfig) -> dict[str, Any]:
         json.dump(result, f, indent=2)
     plot_history(result["history"], os.path.join(inputs.run_dir, "training_curve.png"))
     return result
+
+
+def _co_interaction_channel(
+    entries: Sequence[CatalogEntry], model: InterestModel, config: TrainerConfig, eval_files: Sequence[str]
+) -> tuple[CoInteractionChannel, dict[float, float]]:
+    """The co-interaction channel, its weight chosen on the validation points (0 when switched off).
+
+    Returns:
+      The channel and the validation NDCG@10 at each weight tried.
+    """
+    channel = CoInteractionChannel(
+        model.item_tower.item_ids,
+        {e.item.item_id: e.co_interactions for e in entries},
+        config.co_interaction_half_life,
+    )
+    if not config.co_interaction_channel:
+        return channel, {}
+    subgraphs, targets, seen = read_evaluation_points(eval_files)
+    model_scores, channel_scores = [], []
+    for start in range(0, len(subgraphs), 256):
+        graph = parse_subgraphs(tf.constant(subgraphs[start : start + 256]))
+        model_scores.append(model.all_scores(model(graph, training=False)).numpy())
+        rows = model.item_tower.indices(recent_item_ids(graph, RECENT_ITEMS))
+        channel_scores.append(channel.unweighted_scores(rows).numpy())
+    column = {item_id: i + 1 for i, item_id in enumerate(model.item_tower.item_ids)}
+    weight, by_weight = choose_weight(
+        np.concatenate(model_scores),
+        np.concatenate(channel_scores),
+        [[column[i] for i in items if i in column] + [OOV_INDEX] for items in seen],
+        [column.get(t, OOV_INDEX) for t in targets],
+    )
+    log.info("co-interaction channel: weight %s chosen on validation (NDCG@10 by weight: %s)", weight, by_weight)
+    print(f"[trainer] co-interaction weight {weight} (validation ndcg@10 {by_weight[weight]:.4f})", flush=True)
+    channel.weight.assign(weight)
+    return channel, by_weight
 
 
 def _score_offsets(entries: Sequence[CatalogEntry], model: InterestModel, config: TrainerConfig) -> np.ndarray | None:

@@ -32,7 +32,7 @@ import tensorflow as tf
 from bench.serving.model import existing_model, load_movielens, trained_model
 from schemas import signatures as s
 from schemas.events import Event
-from schemas.graph import EventWindowConfig, event_order
+from schemas.graph import EventWindowConfig, event_order, recent_item_ids
 from schemas.memory import MemoryCheckpoint, checkpoint_after, interest_request, plan_update
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -53,10 +53,12 @@ def _call(
     return outputs[s.INTEREST_STATE].numpy()[0], checkpoint_after(plan, memory, prediction_time, 1)
 
 
-def _top10(loaded: Any, state: np.ndarray, seen: list[str]) -> list[str]:
+def _top10(loaded: Any, state: np.ndarray, history: list[Event], window: int) -> list[str]:
+    seen = sorted({e.item_id for e in history})
     out = loaded.signatures[s.RECOMMEND](
         **{
             s.INTEREST_STATE: tf.constant(state[None]),
+            s.RECENT_ITEM_IDS: tf.constant([recent_item_ids(history[-window:], s.RECENT_ITEMS)]),
             s.EXCLUDE_ITEM_IDS: tf.constant([seen or [s.PADDING_ITEM_ID]]),
             s.K: tf.constant([10], tf.int32),
         }
@@ -94,7 +96,6 @@ def main(argv: list[str] | None = None) -> int:
         per_update_ms = (time.perf_counter() - calls_started) * 1000 / len(history)
         full_state, full_checkpoint = _call(loaded, history, categories, window, None)
         assert checkpoint is not None
-        seen = sorted({e.item_id for e in history})
         rows.append(
             {
                 "user_id": user,
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                 "memory_max_abs_diff": float(
                     np.max(np.abs(np.array(checkpoint.memory) - np.array(full_checkpoint.memory)))
                 ),
-                "top10_same": _top10(loaded, state, seen) == _top10(loaded, full_state, seen),
+                "top10_same": _top10(loaded, state, history, window) == _top10(loaded, full_state, history, window),
                 "incremental_update_ms": per_update_ms,
             }
         )

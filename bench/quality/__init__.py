@@ -34,6 +34,8 @@ class FitInfo:
       epochs: epochs run, for iterative models.
       best_epoch: the epoch whose weights were kept (early stopping).
       history: per-epoch records, e.g. {"epoch", "loss", "val_ndcg@10"}.
+      choices: what the fit chose after training, e.g. the interest model's
+        co-interaction channel weight and the validation scores behind it.
     """
 
     train_s: float
@@ -41,6 +43,7 @@ class FitInfo:
     epochs: int | None = None
     best_epoch: int | None = None
     history: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    choices: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @runtime_checkable
@@ -58,6 +61,22 @@ class Recommender(Protocol):
     @property
     def params(self) -> int:
         """Number of learned parameters after `fit`."""
+        ...
+
+
+@runtime_checkable
+class ScoringVariants(Protocol):
+    """A recommender whose one fit can also rank by other scoring rules.
+
+    The harness evaluates each variant on the same fit (e.g. the interest model
+    without its co-interaction channel), so a part that acts only at scoring
+    time is measured without the spread of a second training run.
+    """
+
+    scoring_variants: tuple[str, ...]
+
+    def set_scoring_variant(self, name: str | None) -> None:
+        """Rank by the named variant from now on (None: the model as configured)."""
         ...
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.quality import FitInfo, ModelSpec, Recommender
+from bench.quality import FitInfo, ModelSpec, Recommender, ScoringVariants
 from bench.quality.data import DEFAULT_COLD_THRESHOLD, LeaveOneOutSplit, PredictionPoint
 from trainer.metrics import MAX_CUTOFF, METRIC_NAMES, ranking_metrics
 
@@ -406,6 +406,18 @@ def _seed_record(
         "test": evaluate(recommender, split.test_points),
         "cold_items": evaluate(recommender, cold_points),
     }
+    if info.choices:
+        record["choices"] = dict(info.choices)
+    if isinstance(recommender, ScoringVariants):
+        record["variants"] = {}
+        for variant in recommender.scoring_variants:
+            recommender.set_scoring_variant(variant)
+            record["variants"][variant] = {
+                "validation": evaluate(recommender, split.eval_points),
+                "test": evaluate(recommender, split.test_points),
+                "cold_items": evaluate(recommender, cold_points),
+            }
+        recommender.set_scoring_variant(None)
     test = record["test"]
     print(
         f"[quality] model={name} seed={seed} done train_s={info.train_s:.1f} params={info.params} "
@@ -416,7 +428,20 @@ def _seed_record(
 
 
 def _model_entry(per_seed: Sequence[Mapping[str, Any]], chosen: Mapping[str, Any], description: str) -> dict:
+    variants = {
+        variant: {
+            **_summarise([r["variants"][variant]["test"] for r in per_seed]),
+            "validation": _summarise([r["variants"][variant]["validation"] for r in per_seed]),
+            "cold_items": (
+                _summarise([r["variants"][variant]["cold_items"] for r in per_seed])
+                if per_seed[0]["variants"][variant]["cold_items"]
+                else {}
+            ),
+        }
+        for variant in per_seed[0].get("variants", {})
+    }
     return {
+        **({"variants": variants} if variants else {}),
         **_summarise([r["test"] for r in per_seed]),
         "train_s": float(np.mean([r["train_s"] for r in per_seed])),
         "params": int(per_seed[0]["params"]),

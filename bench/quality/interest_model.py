@@ -71,9 +71,15 @@ def _write_examples(split: LeaveOneOutSplit, root: str) -> dict[str, str]:
 class InterestGraphModel:
     """Adapter: `TrainerConfig` fields as the benchmark config.
 
+    Its scoring variant "no_co_interaction_channel" ranks with the exported
+    model's co-interaction channel weight set to 0: the same fit, without the
+    channel.
+
     Args:
       config: TrainerConfig overrides (e.g. {"use_text": False} for an ablation).
     """
+
+    scoring_variants = ("no_co_interaction_channel",)
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         self.config = dict(config)
@@ -83,6 +89,7 @@ class InterestGraphModel:
         self._loaded: Any = None
         self._categories: dict[str, tuple[str, ...]] = {}
         self._params = 0
+        self._channel_weight = 0.0
 
     @property
     def params(self) -> int:
@@ -105,6 +112,7 @@ class InterestGraphModel:
         self._loaded = tf.saved_model.load(inputs.serving_model_dir)
         self._categories = {item_id: item.categories for item_id, item in split.items.items()}
         self._params = int(result["params"])
+        self._channel_weight = float(self._loaded.co_interaction.weight.numpy())
         history = result["history"]
         losses = history.get("val_loss", [])
         ranking = history.get(VALIDATION_METRIC, [])
@@ -124,7 +132,13 @@ class InterestGraphModel:
                 }
                 for i, v in enumerate(losses)
             ],
+            choices={"co_interaction": result["co_interaction"]},
         )
+
+    def set_scoring_variant(self, name: str | None) -> None:
+        if name not in (None, *self.scoring_variants):
+            raise ValueError(f"unknown scoring variant {name!r}")
+        self._loaded.co_interaction.weight.assign(0.0 if name == "no_co_interaction_channel" else self._channel_weight)
 
     def scores(self, points: Sequence[PredictionPoint], item_ids: Sequence[str], batch_size: int = 128) -> np.ndarray:
         """[points, items] served scores (`update_interest`, then the `score` signature); nothing excluded."""

@@ -38,14 +38,19 @@ METRICS_FILE = "metrics.json"
 BLESSING_METRIC = "ndcg@10"
 
 
-def _interest_states(
+def _user_inputs(
     loaded: Any, subgraphs: Sequence[bytes], batch_size: int
-) -> Iterator[tuple[int, list[bytes], tf.Tensor]]:
-    """(first index, subgraphs, interest states) of each batch, from `update_interest`."""
+) -> Iterator[tuple[int, list[bytes], dict[str, tf.Tensor]]]:
+    """(first index, subgraphs, user inputs) of each batch, from `update_interest`.
+
+    The user inputs are what `recommend` and `score` read of a user: the
+    interest state and the recent items.
+    """
     update = loaded.signatures[s.UPDATE_INTEREST]
     for start in range(0, len(subgraphs), batch_size):
         batch = list(subgraphs[start : start + batch_size])
-        yield start, batch, update(**{s.SUBGRAPH: tf.constant(batch)})[s.INTEREST_STATE]
+        outputs = update(**{s.SUBGRAPH: tf.constant(batch)})
+        yield start, batch, {name: outputs[name] for name in (s.INTEREST_STATE, s.RECENT_ITEM_IDS)}
 
 
 def signature_rankings(
@@ -65,12 +70,12 @@ def signature_rankings(
     """
     recommend = loaded.signatures[s.RECOMMEND]
     rankings: list[list[str]] = []
-    for start, batch, state in _interest_states(loaded, subgraphs, batch_size):
+    for start, batch, user in _user_inputs(loaded, subgraphs, batch_size):
         width = max(1, max(len(x) for x in exclude[start : start + batch_size]))
         padded = [list(x) + [s.PADDING_ITEM_ID] * (width - len(x)) for x in exclude[start : start + batch_size]]
         top = recommend(
             **{
-                s.INTEREST_STATE: state,
+                **user,
                 s.EXCLUDE_ITEM_IDS: tf.constant(padded, tf.string),
                 s.K: tf.fill([len(batch)], tf.constant(k, tf.int32)),
             }
@@ -100,9 +105,9 @@ def served_scores(
       batch_size: points per signature call.
     """
     score = loaded.signatures[s.SCORE]
-    for start, batch, state in _interest_states(loaded, subgraphs, batch_size):
+    for start, batch, user in _user_inputs(loaded, subgraphs, batch_size):
         items = tf.constant([list(item_ids)] * len(batch))
-        yield start, score(**{s.INTEREST_STATE: state, s.ITEM_IDS: items})[s.SCORES].numpy()
+        yield start, score(**user, **{s.ITEM_IDS: items})[s.SCORES].numpy()
 
 
 def rankings_without_offsets(

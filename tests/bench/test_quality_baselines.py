@@ -248,6 +248,38 @@ def test_harness_adds_seeds_to_an_entry_without_refitting_its_own(tmp_path, monk
         h.run_benchmark(split, ["pop"], seeds=[0, 1, 2, 3, 4], output=output, extend=True)
 
 
+class _ReversiblePopularity(Popularity):
+    """Popularity with a scoring variant that ranks the least popular items first."""
+
+    scoring_variants = ("least_popular",)
+
+    def set_scoring_variant(self, name):  # type: ignore[no-untyped-def]
+        if not hasattr(self, "_as_fitted"):
+            self._as_fitted = list(self._ranked)
+        self._ranked = self._as_fitted[::-1] if name == "least_popular" else list(self._as_fitted)
+
+
+def test_harness_evaluates_scoring_variants_on_the_same_fit(tmp_path, monkeypatch) -> None:
+    split = _cooccurrence_split()
+    monkeypatch.setitem(h.REGISTRY, "rev", ModelSpec(lambda config: _ReversiblePopularity(config)))
+    monkeypatch.setitem(h.REGISTRY, "pop", ModelSpec(lambda config: Popularity(config)))
+    output = str(tmp_path / "quality.json")
+    h.run_benchmark(split, ["rev", "pop"], seeds=[0, 1], output=output)
+    with open(output) as f:
+        models = json.load(f)["models"]
+    # The model as configured is plain popularity; its variant is measured beside it, not instead.
+    assert models["rev"]["ndcg@10"] == models["pop"]["ndcg@10"]
+    variant = models["rev"]["variants"]["least_popular"]
+    reversed_ranking = _ReversiblePopularity({})
+    reversed_ranking.fit(split, 0)
+    reversed_ranking.set_scoring_variant("least_popular")
+    expected = h.evaluate(reversed_ranking, split.test_points)
+    assert variant["ndcg@10"]["mean"] == pytest.approx(expected["ndcg@10"])
+    assert variant["ndcg@10"]["mean"] != models["rev"]["ndcg@10"]["mean"]
+    assert set(models["rev"]["per_seed"][0]["variants"]["least_popular"]) == {"validation", "test", "cold_items"}
+    assert "variants" not in models["pop"]
+
+
 def test_harness_rejects_unknown_models(tmp_path) -> None:
     with pytest.raises(KeyError, match="unknown model"):
         h.run_benchmark(_cooccurrence_split(), ["nope"], seeds=[0], output=str(tmp_path / "q.json"))

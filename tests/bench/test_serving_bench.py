@@ -122,16 +122,20 @@ class TinyInterestModel(tf.Module):
             s.INTEREST_ITEM_WEIGHTS: tf.zeros([batch, s.TOP_INTEREST_ITEMS]),
             s.INTEREST_CATEGORIES: tf.fill([batch, s.TOP_INTEREST_CATEGORIES], ""),
             s.INTEREST_CATEGORY_WEIGHTS: tf.zeros([batch, s.TOP_INTEREST_CATEGORIES]),
+            s.RECENT_ITEM_IDS: tf.fill([batch, s.RECENT_ITEMS], ""),
         }
 
     @tf.function(
         input_signature=[
             tf.TensorSpec([None, None, s.INTEREST_DIM], tf.float32, name=s.INTEREST_STATE),
+            tf.TensorSpec([None, s.RECENT_ITEMS], tf.string, name=s.RECENT_ITEM_IDS),
             tf.TensorSpec([None, None], tf.string, name=s.EXCLUDE_ITEM_IDS),
             tf.TensorSpec([None], tf.int32, name=s.K),
         ]
     )
-    def recommend(self, interest_state: tf.Tensor, exclude_item_ids: tf.Tensor, k: tf.Tensor) -> dict[str, tf.Tensor]:
+    def recommend(
+        self, interest_state: tf.Tensor, recent_item_ids: tf.Tensor, exclude_item_ids: tf.Tensor, k: tf.Tensor
+    ) -> dict[str, tf.Tensor]:
         scores = tf.reduce_max(tf.einsum("bid,nd->bin", interest_state, self.item_vectors), axis=1)
         excluded = tf.reduce_any(tf.equal(exclude_item_ids[:, :, None], self.item_ids[None, None, :]), axis=1)
         values, indices = tf.math.top_k(tf.where(excluded, float("-inf"), scores), k=tf.reduce_max(k))

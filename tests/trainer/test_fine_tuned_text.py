@@ -93,9 +93,12 @@ def test_gpu_profile_trains_bert_top_layers_and_exports_a_tensorflow_only_model(
         import json, sys
         import tensorflow as tf
         loaded = tf.saved_model.load({export_dir!r})
-        state = loaded.signatures["{s.UPDATE_INTEREST}"]({s.SUBGRAPH}=tf.constant([{subgraph!r}]))["{s.INTEREST_STATE}"]
+        updated = loaded.signatures["{s.UPDATE_INTEREST}"]({s.SUBGRAPH}=tf.constant([{subgraph!r}]))
+        state = updated["{s.INTEREST_STATE}"]
         rec = loaded.signatures["{s.RECOMMEND}"](
-            {s.INTEREST_STATE}=state, {s.EXCLUDE_ITEM_IDS}=tf.constant([[""]]), {s.K}=tf.constant([40], tf.int32)
+            {s.INTEREST_STATE}=state,
+            {s.RECENT_ITEM_IDS}=updated["{s.RECENT_ITEM_IDS}"],
+            {s.EXCLUDE_ITEM_IDS}=tf.constant([[""]]), {s.K}=tf.constant([40], tf.int32)
         )
         print(json.dumps({{
             "items": [i for i in rec["{s.ITEM_IDS}"].numpy().astype(str).tolist()[0] if i],

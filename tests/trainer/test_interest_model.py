@@ -19,6 +19,7 @@ from schemas.events import Event
 from schemas.graph import MEMORY_TIME_SCALE_DAYS, SECONDS_PER_DAY, encode_interest_subgraph
 from schemas.memory import checkpoint_after, interest_request, plan_update
 from tests.trainer import synthetic
+from trainer.co_interaction_channel import CoInteractionChannel
 from trainer.config import TrainerConfig
 from trainer.export import WARMUP_FILE, export_serving_model
 from trainer.graph_dataset import training_dataset
@@ -73,16 +74,22 @@ def test_export_loads_and_runs_with_only_tensorflow_imported(trained: dict) -> N
         update = loaded.signatures["{s.UPDATE_INTEREST}"]
         updated = update({s.SUBGRAPH}=tf.constant([{subgraph!r}, {subgraph!r}]))
         state = updated["{s.INTEREST_STATE}"]
+        recent = updated["{s.RECENT_ITEM_IDS}"]
         rec = loaded.signatures["{s.RECOMMEND}"](
             {s.INTEREST_STATE}=state,
+            {s.RECENT_ITEM_IDS}=recent,
             {s.EXCLUDE_ITEM_IDS}=tf.constant([["item3", ""], ["", ""]]),
             {s.K}=tf.constant([5, 3], tf.int32),
         )
         everything = loaded.signatures["{s.RECOMMEND}"](
-            {s.INTEREST_STATE}=state[:1], {s.EXCLUDE_ITEM_IDS}=tf.constant([["item0"]]), {s.K}=tf.constant([100]),
+            {s.INTEREST_STATE}=state[:1],
+            {s.RECENT_ITEM_IDS}=recent[:1],
+            {s.EXCLUDE_ITEM_IDS}=tf.constant([["item0"]]),
+            {s.K}=tf.constant([100]),
         )
         score = loaded.signatures["{s.SCORE}"](
             {s.INTEREST_STATE}=state,
+            {s.RECENT_ITEM_IDS}=recent,
             {s.ITEM_IDS}=tf.constant([["item3", "nope", "{synthetic.COLD_ITEM}"], ["item3", "item4", "item5"]]),
         )["{s.SCORES}"]
         print(json.dumps({{
@@ -132,6 +139,46 @@ def test_export_loads_and_runs_with_only_tensorflow_imported(trained: dict) -> N
     assert os.path.getsize(os.path.join(export_dir, WARMUP_FILE)) > 0
 
 
+def test_the_served_score_adds_the_co_interaction_channel_of_the_recent_items(trained: dict, tmp_path) -> None:
+    model = trained["model"]
+    neighbours = {"item1": (("item2", 1.0), ("item3", 0.5)), "item2": (("item3", 1.0),)}
+    export_dir = str(tmp_path / "channel")
+    warmup = [x.numpy() for x in tf.data.TFRecordDataset([trained["paths"]["eval"]], "GZIP").take(2)]
+    export_serving_model(
+        model, export_dir, warmup, co_interaction=CoInteractionChannel(model.item_tower.item_ids, neighbours, 1.0, 2.0)
+    )
+    loaded = tf.saved_model.load(export_dir)
+    subgraph = next(iter(tf.data.TFRecordDataset([trained["paths"]["test"]], "GZIP"))).numpy()
+    state = loaded.signatures[s.UPDATE_INTEREST](**{s.SUBGRAPH: tf.constant([subgraph])})[s.INTEREST_STATE]
+    item_ids = ["item1", "item2", "item3", "item4"]
+
+    def served(recent: list[str]) -> np.ndarray:
+        padded = recent + [s.PADDING_ITEM_ID] * (s.RECENT_ITEMS - len(recent))
+        inputs = {
+            s.INTEREST_STATE: state,
+            s.RECENT_ITEM_IDS: tf.constant([padded]),
+            s.ITEM_IDS: tf.constant([item_ids]),
+        }
+        return loaded.signatures[s.SCORE](**inputs)[s.SCORES].numpy()[0]
+
+    # item2 then item1, the latest first: item3 gains 2 * (1.0 + 0.5 * 0.5), item2 gains 2 * 0.5 * 1.0.
+    np.testing.assert_allclose(served(["item2", "item1"]) - served([]), [0.0, 1.0, 2.5, 0.0], atol=1e-5)
+    # recommend ranks by the same sum.
+    many = ["item2", "item1"] * (s.RECENT_ITEMS // 2)
+    top = loaded.signatures[s.RECOMMEND](
+        **{
+            s.INTEREST_STATE: state,
+            s.RECENT_ITEM_IDS: tf.constant([many]),
+            s.EXCLUDE_ITEM_IDS: tf.constant([["item1", "item2"]]),
+            s.K: tf.constant([100], tf.int32),
+        }
+    )
+    ranked = dict(zip(top[s.ITEM_IDS].numpy()[0].astype(str), top[s.SCORES].numpy()[0], strict=True))
+    assert "item1" not in ranked and "item2" not in ranked
+    np.testing.assert_allclose([ranked["item3"], ranked["item4"]], served(many)[2:], rtol=1e-5)
+    assert ranked["item3"] > served([])[2] + 1.0
+
+
 def test_score_offsets_shift_exactly_the_served_scores(trained: dict, tmp_path) -> None:
     model = trained["model"]
     item_ids = model.item_tower.item_ids
@@ -146,7 +193,13 @@ def test_score_offsets_shift_exactly_the_served_scores(trained: dict, tmp_path) 
     for directory in (trained["export_dir"], export_dir):
         loaded = tf.saved_model.load(directory)
         state = loaded.signatures[s.UPDATE_INTEREST](**{s.SUBGRAPH: tf.constant([subgraph])})[s.INTEREST_STATE]
-        scored = loaded.signatures[s.SCORE](**{s.INTEREST_STATE: state, s.ITEM_IDS: tf.constant([item_ids + ["nope"]])})
+        scored = loaded.signatures[s.SCORE](
+            **{
+                s.INTEREST_STATE: state,
+                s.RECENT_ITEM_IDS: tf.constant([[s.PADDING_ITEM_ID] * s.RECENT_ITEMS]),
+                s.ITEM_IDS: tf.constant([item_ids + ["nope"]]),
+            }
+        )
         scores.append(scored[s.SCORES].numpy()[0])
     np.testing.assert_allclose(scores[1][:-1] - scores[0][:-1], lift, atol=1e-4)
     # Unknown items stay unscorable.

@@ -82,7 +82,11 @@ def test_a_four_interest_model_trains_exports_and_serves_four_distinct_interests
     # An item's served score is its best match over the four interests, plus its bias.
     item_ids = [e.item.item_id for e in entries[:5]]
     scores = loaded.signatures[s.SCORE](
-        **{s.INTEREST_STATE: tf.constant(state[:1]), s.ITEM_IDS: tf.constant([item_ids])}
+        **{
+            s.INTEREST_STATE: tf.constant(state[:1]),
+            s.RECENT_ITEM_IDS: tf.constant([[s.PADDING_ITEM_ID] * s.RECENT_ITEMS]),
+            s.ITEM_IDS: tf.constant([item_ids]),
+        }
     )[s.SCORES].numpy()[0]
     tower = model.item_tower
     rows = [tower.item_ids.index(i) + 1 for i in item_ids]
