@@ -492,10 +492,11 @@ class InterestClient:
 
     def _model_knows(self, item_ids: Sequence[str]) -> tuple[set[str], int]:
         """The items the served model was trained on (`score` gives the others -inf), and its version."""
-        nobody = np.zeros((1, 1, s.INTEREST_DIM), np.float32)
-        outputs, version = self._predict(
-            s.SCORE, {s.INTEREST_STATE: nobody, s.ITEM_IDS: np.array([list(item_ids)], dtype=object)}
-        )
+        nobody = {
+            s.INTEREST_STATE: np.zeros((1, 1, s.INTEREST_DIM), np.float32),
+            s.RECENT_ITEM_IDS: np.array([recent_item_ids([], s.RECENT_ITEMS)], dtype=object),
+        }
+        outputs, version = self._predict(s.SCORE, {**nobody, s.ITEM_IDS: np.array([list(item_ids)], dtype=object)})
         return {i for i, v in zip(item_ids, outputs[s.SCORES][0], strict=True) if np.isfinite(v)}, version
 
     def _added_items(self, model_version: int) -> _AddedItemTable:

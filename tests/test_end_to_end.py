@@ -12,6 +12,7 @@ import tempfile
 
 import grpc
 import pytest
+import tensorflow as tf
 from tensorflow_serving.apis import get_model_metadata_pb2, prediction_service_pb2_grpc
 
 from interest_graph.demo import free_port, start_model_server
@@ -138,6 +139,12 @@ def test_client_records_events_and_recommends_over_grpc(server: str, pipeline_ru
         assert any(abs(change) > 0 for _, change in interests.category_changes)
         after = client.recommend("1", k=50)
         assert history[-1].item_id not in {r.item_id for r in after}
+        # The recent items the client sends with recommend/score are those the model reads from the window.
+        loaded = tf.saved_model.load(pipeline_run["run"].pushed_model_dir)
+        update = loaded.signatures[s.UPDATE_INTEREST](**{s.SUBGRAPH: tf.constant([client.subgraph("1")])})
+        sent = client._recent_item_ids(store.user_events("1"))[0].tolist()
+        assert sent == update[s.RECENT_ITEM_IDS].numpy()[0].astype(str).tolist()
+        assert sent[0] == history[-1].item_id
 
         # A retried batch changes nothing; a bad record is rejected with a reason, the good one goes through.
         assert client.record(history[-3:]).duplicates == 3
