@@ -548,7 +548,7 @@ class InterestClient:
         seen = sorted(seen_items) or [s.PADDING_ITEM_ID]
         inputs = {
             s.INTEREST_STATE: state.state[None],
-            s.RECENT_ITEM_IDS: self._recent_item_ids(events),
+            s.RECENT_ITEM_IDS: self.recent_item_ids(events),
             s.EXCLUDE_ITEM_IDS: np.array([seen], dtype=object),
             s.K: np.array([k], dtype=np.int32),
         }
@@ -567,7 +567,7 @@ class InterestClient:
         ranked += [Recommendation(i, v) for i, v in added]
         return sorted(ranked, key=lambda r: -r.score)[:k]
 
-    def _recent_item_ids(self, events: Sequence[Event]) -> np.ndarray:
+    def recent_item_ids(self, events: Sequence[Event]) -> np.ndarray:
         """[1, RECENT_ITEMS] the user's latest items, as `update_interest` read them from the window."""
         window = events[-self.window.max_events :] if self.window.max_events else []
         return np.array([recent_item_ids(window, s.RECENT_ITEMS)], dtype=object)
@@ -582,7 +582,7 @@ class InterestClient:
         state = self.interest_state(user_id)
         inputs = {
             s.INTEREST_STATE: state.state[None],
-            s.RECENT_ITEM_IDS: self._recent_item_ids(self.store.user_events(user_id)),
+            s.RECENT_ITEM_IDS: self.recent_item_ids(self.store.user_events(user_id)),
             s.ITEM_IDS: np.array([list(item_ids)], dtype=object),
         }
         outputs, version = self._predict(s.SCORE, inputs)

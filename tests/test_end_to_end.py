@@ -142,7 +142,7 @@ def test_client_records_events_and_recommends_over_grpc(server: str, pipeline_ru
         # The recent items the client sends with recommend/score are those the model reads from the window.
         loaded = tf.saved_model.load(pipeline_run["run"].pushed_model_dir)
         update = loaded.signatures[s.UPDATE_INTEREST](**{s.SUBGRAPH: tf.constant([client.subgraph("1")])})
-        sent = client._recent_item_ids(store.user_events("1"))[0].tolist()
+        sent = client.recent_item_ids(store.user_events("1"))[0].tolist()
         assert sent == update[s.RECENT_ITEM_IDS].numpy()[0].astype(str).tolist()
         assert sent[0] == history[-1].item_id
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from schemas import signatures as s
 from schemas.events import Event, Item
-from schemas.graph import event_order, recent_item_ids
+from schemas.graph import event_order
 from serving.client import InterestClient
 from serving.interest_store import SqliteInterestStore
 
@@ -108,12 +108,11 @@ def signature_inputs(client: InterestClient, user_id: str, state: np.ndarray) ->
     """
     events = client.store.user_events(user_id)
     seen = sorted({e.item_id for e in events}) or [s.PADDING_ITEM_ID]
-    window = events[-client.window.max_events :]
     return {
         s.UPDATE_INTEREST: {s.SUBGRAPH: np.array([client.subgraph(user_id)], dtype=object)},
         s.RECOMMEND: {
             s.INTEREST_STATE: np.asarray(state, dtype=np.float32)[None],
-            s.RECENT_ITEM_IDS: np.array([recent_item_ids(window, s.RECENT_ITEMS)], dtype=object),
+            s.RECENT_ITEM_IDS: client.recent_item_ids(events),
             s.EXCLUDE_ITEM_IDS: np.array([seen], dtype=object),
             s.K: np.array([TOP_K], dtype=np.int32),
         },
