@@ -173,6 +173,21 @@ for _name, _config, _what in (
     )
 
 
+# Ablations of the shipped default itself (four interests, the lift, the co-interaction channel), since
+# session 15: the harness now ranks with the long-term memory the model was trained with (before, it
+# ranked the window only, so the memory ablations above compared two window-only rankings).
+for _name, _config, _what in (
+    ("interest_graph_default_no_memory", {"use_memory": False}, " without the long-term memory of older events"),
+    ("interest_graph_default_single_interest", {"num_interests": 1}, " with a single interest vector"),
+):
+    REGISTRY[_name] = ModelSpec(
+        _interest_graph,
+        grid=[_config],
+        description=_INTEREST_GRAPH + " (the shipped defaults," + _what + ")",
+        quick=_INTEREST_QUICK,
+    )
+
+
 # A tuning budget for the model (4 points, chosen on validation NDCG@10 like SASRec's 8); it ran on
 # the single-interest model.
 INTEREST_GRAPH_GRID = _product(

@@ -28,7 +28,7 @@ from pipeline.components.graph_builder import split_user_history
 from pipeline.components.ranking_evaluator import served_scores, signature_rankings
 from schemas.catalog import CatalogEntry, write_catalog
 from schemas.events import Item
-from schemas.graph import encode_interest_subgraph
+from schemas.graph import encode_interest_subgraph, split_history
 from trainer.config import TrainerConfig
 from trainer.task import TrainingInputs, train
 from trainer.validation_ranking import VALIDATION_METRIC
@@ -68,18 +68,45 @@ def _write_examples(split: LeaveOneOutSplit, root: str) -> dict[str, str]:
     return {name: os.path.join(root, f"{name}.tfrecord.gz") for name in writers} | {"catalog": catalog}
 
 
+def point_subgraph(
+    point: PredictionPoint, window: int, item_categories: Mapping[str, Sequence[str]], remember: bool = True
+) -> tf.train.Example:
+    """The interest subgraph the served model reads for a prediction point.
+
+    As the GraphBuilder writes it for validation and test, and as the client
+    sends it: the window (`point.window`) and, in the long-term memory node
+    set, every older event of the user (the events that fell out of the
+    window, which the client's stored memory holds).
+
+    Args:
+      point: a validation or test point.
+      window: the split's window bound.
+      item_categories: item_id -> its categories.
+      remember: False leaves the memory empty (the window only).
+
+    Returns:
+      The subgraph as a tf.Example.
+    """
+    remembered, recent = split_history(point.history, point.timestamp, window)
+    return encode_interest_subgraph(recent, point.timestamp, item_categories, remembered=remembered if remember else ())
+
+
 class InterestGraphModel:
     """Adapter: `TrainerConfig` fields as the benchmark config.
 
-    Its scoring variant "no_co_interaction_channel" ranks with the exported
-    model's co-interaction channel weight set to 0: the same fit, without the
-    channel.
+    Its scoring variants rank the same fit differently:
+      - "no_co_interaction_channel": the exported model's co-interaction
+        channel weight set to 0;
+      - "no_long_term_memory": the subgraphs carry no remembered events, so
+        the model sees the window only (how this harness ranked every
+        interest_graph entry before session 15, while training and the
+        served client always had the memory).
 
     Args:
       config: TrainerConfig overrides (e.g. {"use_text": False} for an ablation).
     """
 
-    scoring_variants = ("no_co_interaction_channel",)
+    scoring_variants = ("no_co_interaction_channel", "no_long_term_memory")
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         self.config = dict(config)
@@ -90,6 +117,8 @@ class InterestGraphModel:
         self._categories: dict[str, tuple[str, ...]] = {}
         self._params = 0
         self._channel_weight = 0.0
+        self._window = 0
+        self._remember = True
 
     @property
     def params(self) -> int:
@@ -111,6 +140,7 @@ class InterestGraphModel:
         result = train(inputs, TrainerConfig(**{**self.config, "seed": seed}))
         self._loaded = tf.saved_model.load(inputs.serving_model_dir)
         self._categories = {item_id: item.categories for item_id, item in split.items.items()}
+        self._window = split.window
         self._params = int(result["params"])
         self._channel_weight = float(self._loaded.co_interaction.weight.numpy())
         history = result["history"]
@@ -139,6 +169,7 @@ class InterestGraphModel:
         if name not in (None, *self.scoring_variants):
             raise ValueError(f"unknown scoring variant {name!r}")
         self._loaded.co_interaction.weight.assign(0.0 if name == "no_co_interaction_channel" else self._channel_weight)
+        self._remember = name != "no_long_term_memory"
 
     def scores(self, points: Sequence[PredictionPoint], item_ids: Sequence[str], batch_size: int = 128) -> np.ndarray:
         """[points, items] served scores (`update_interest`, then the `score` signature); nothing excluded."""
@@ -149,7 +180,5 @@ class InterestGraphModel:
         return signature_rankings(self._loaded, self._subgraphs(points), [sorted(p.exclude) for p in points], k)
 
     def _subgraphs(self, points: Sequence[PredictionPoint]) -> list[bytes]:
-        """Each point's serialized interest subgraph: its window, as of its timestamp."""
-        return [
-            encode_interest_subgraph(list(p.window), p.timestamp, self._categories).SerializeToString() for p in points
-        ]
+        """Each point's serialized interest subgraph, as of its timestamp (`point_subgraph`)."""
+        return [point_subgraph(p, self._window, self._categories, self._remember).SerializeToString() for p in points]

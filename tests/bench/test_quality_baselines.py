@@ -13,6 +13,7 @@ import tensorflow as tf
 from bench.quality import ModelSpec, Recommender
 from bench.quality import harness as h
 from bench.quality.data import build_split
+from bench.quality.interest_model import point_subgraph
 from bench.quality.item_cooccurrence import ItemCooccurrence
 from bench.quality.popularity import Popularity
 from bench.quality.sasrec import SASRec, training_windows
@@ -56,6 +57,17 @@ def test_split_matches_the_pipeline_graph_builder() -> None:
         assert point.target_item == features[g.LABEL_ITEM_ID].bytes_list.value[0].decode()
         assert sorted(point.exclude) == sorted(v.decode() for v in features[g.SEEN_ITEM_IDS].bytes_list.value)
         assert [e.item_id for e in point.window] == _window_items(example)
+        # The adapter ranks the subgraph the pipeline wrote, long-term memory included.
+        subgraph = point_subgraph(point, split.window, {}).features.feature
+        assert set(subgraph) <= set(features)
+        for key, value in subgraph.items():
+            assert features[key] == value, key
+    assert [
+        v.decode()
+        for v in point_subgraph(test_point, 3, {}).features.feature[f"nodes/{g.MEMORY}.{g.ITEM_ID}"].bytes_list.value
+    ] == ["i0", "i1"]
+    without_memory = point_subgraph(test_point, 3, {}, remember=False).features.feature
+    assert not without_memory[f"nodes/{g.MEMORY}.{g.ITEM_ID}"].bytes_list.value
     # Training events: everything but the last two; the pipeline's training points are
     # those with a non-empty window, with the same windows.
     assert [e.item_id for e in split.train["u"]] == ["i0", "i1", "i2", "i3", "i4"]
