@@ -273,7 +273,8 @@ def protocol_of(split: LeaveOneOutSplit, cold_threshold: int, dataset: str) -> d
         "ranking": "full ranking over every catalog item the user has not interacted with before the "
         "predicted event (earlier in event_order); one target per point",
         "input": f"select_event_window: the user's last {split.window} events strictly before the "
-        "predicted event's timestamp",
+        "predicted event's timestamp; the interest model also gets the older ones in its long-term memory "
+        "(since session 15)",
         "ties": {
             **split.tie_stats(),
             "note": "an earlier event with the same timestamp as the target is excluded from the ranking "
