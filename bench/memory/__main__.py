@@ -39,9 +39,9 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 DEFAULT_OUTPUT = os.path.join(REPO_ROOT, "bench", "results", "memory_consistency.json")
 # Relative difference (L2 norm of the difference over the norm of the full
 # recomputation's) accepted between the incremental and the recomputed
-# interest state, and likewise for the long-term memory: the default model
-# no longer reads the memory into the interest vectors, so the memory is
-# checked on its own.
+# interest state, and likewise for the long-term memory, which is checked on
+# its own (a model trained with `use_memory=False` does not read it into the
+# interest state, yet stores and folds it).
 STATE_TOLERANCE = 1e-4
 
 

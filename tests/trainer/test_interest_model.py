@@ -22,7 +22,7 @@ from tests.trainer import synthetic
 from trainer.co_interaction_channel import CoInteractionChannel
 from trainer.config import TrainerConfig
 from trainer.export import WARMUP_FILE, export_serving_model
-from trainer.graph_dataset import parse_subgraphs, training_dataset
+from trainer.graph_dataset import training_dataset
 from trainer.rare_item_boost import rare_item_lift
 from trainer.task import _score_offsets, build_model
 
@@ -34,8 +34,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = str(tmp_path_factory.mktemp("synthetic"))
     paths = synthetic.make_dataset(root)
     entries = read_catalog(paths["catalog"])
-    # The memory readout is on, so that folding the memory is checked through the interest vectors too.
-    config = TrainerConfig(epochs=12, batch_size=64, num_sampled=8, learning_rate=1e-2, use_memory=True)
+    config = TrainerConfig(epochs=12, batch_size=64, num_sampled=8, learning_rate=1e-2)
     tf.keras.utils.set_random_seed(1)
     model = build_model(entries, synthetic.random_text_vectors(len(entries)), config)
     model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
@@ -264,28 +263,6 @@ def test_new_user_with_empty_window_gets_a_finite_state(trained: dict) -> None:
     empty = encode_interest_subgraph([], 10, {}).SerializeToString()
     state = loaded.signatures[s.UPDATE_INTEREST](subgraph=tf.constant([empty]))[s.INTEREST_STATE].numpy()
     assert state.shape == (1, s.NUM_INTERESTS, s.INTEREST_DIM) and np.isfinite(state).all()
-
-
-def test_by_default_the_memory_is_carried_but_not_read_into_the_interests(tmp_path) -> None:
-    paths = synthetic.make_dataset(str(tmp_path), num_users=20)
-    entries = read_catalog(paths["catalog"])
-    tf.keras.utils.set_random_seed(3)
-    model = build_model(entries, synthetic.random_text_vectors(len(entries)), TrainerConfig(num_sampled=8))
-    categories = {synthetic.item_id(i): (f"cat{i % 3}",) for i in range(synthetic.NUM_ITEMS)}
-    history = [Event("u", synthetic.item_id(k), "view", 1_000_000 + 600 * k, 1.0, "", f"e{k}") for k in range(10)]
-    window, old = history[6:], history[:6]
-    with_memory, without = (
-        parse_subgraphs(
-            tf.constant([encode_interest_subgraph(window, 2_000_000, categories, remembered=r).SerializeToString()])
-        )
-        for r in (old, ())
-    )
-    state, memory = model.encoder.encode(with_memory)
-    state_alone, memory_alone = model.encoder.encode(without)
-    assert model.encoder.memory_readout is None
-    np.testing.assert_array_equal(state.numpy(), state_alone.numpy())
-    # The memory itself is still computed, for the interest state the client stores and folds.
-    assert memory.numpy()[0, -1] > s.NO_MEMORY_LOG_MASS / 2 and memory_alone.numpy()[0, -1] == s.NO_MEMORY_LOG_MASS
 
 
 def _interest_call(loaded, history: list, prediction_time: int, checkpoint, window: int = 3):
