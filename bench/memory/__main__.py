@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         per_update_ms = (time.perf_counter() - calls_started) * 1000 / len(history)
         full_state, full_checkpoint = _call(loaded, history, categories, window, None)
         assert checkpoint is not None
+        memory, full_memory = np.array(checkpoint.memory), np.array(full_checkpoint.memory)
         rows.append(
             {
                 "user_id": user,
@@ -110,10 +111,8 @@ def main(argv: list[str] | None = None) -> int:
                 "remembered": full_checkpoint.folded,
                 "state_rel_diff": _relative_difference(state, full_state),
                 "state_max_abs_diff": float(np.max(np.abs(state - full_state))),
-                "memory_rel_diff": _relative_difference(np.array(checkpoint.memory), np.array(full_checkpoint.memory)),
-                "memory_max_abs_diff": float(
-                    np.max(np.abs(np.array(checkpoint.memory) - np.array(full_checkpoint.memory)))
-                ),
+                "memory_rel_diff": _relative_difference(memory, full_memory),
+                "memory_max_abs_diff": float(np.max(np.abs(memory - full_memory))),
                 "top10_same": _top10(loaded, state, history, window) == _top10(loaded, full_state, history, window),
                 "incremental_update_ms": per_update_ms,
             }
