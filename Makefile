@@ -41,8 +41,13 @@ $(STAMP): requirements.txt constraints.txt setup.py
 demo: setup
 	$(VENV)/bin/interest-graph demo --output runs/latest
 
+# Two pytest workers: most test time is TensorFlow tracing and process
+# start-up, single-threaded Python, so two workers use a 2-core machine's
+# second core. Tests stay with their file's worker (shared module fixtures).
+TEST_WORKERS ?= 2
+
 test: setup
-	$(PY) -m pytest tests
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
