@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import os
+from pathlib import Path
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import pytest  # noqa: E402
 
 from pipeline.assets import AMAZON_FINE_FOOD, MINILM, MOVIELENS_100K, asset_dir  # noqa: E402
+from tests.built_once import built_once  # noqa: E402
 from tests.trainer.fine_food import TEST_LIMIT, TRAIN_LIMIT  # noqa: E402
 
 
@@ -71,25 +73,22 @@ def review_sentiment_run(tmp_path_factory: pytest.TempPathFactory, fine_food_dir
     """One training run of the sentiment head on the review subsets; its result, folders and data."""
     from trainer import review_sentiment as rs
 
-    root = tmp_path_factory.mktemp("review_sentiment")
-    cache_dir = str(root / "cache")
-    result = rs.train_review_sentiment(
-        os.path.dirname(fine_food_dir),
-        str(root / "out"),
-        seed=0,
-        train_limit=TRAIN_LIMIT,
-        test_limit=TEST_LIMIT,
-        cache_dir=cache_dir,
-    )
+    def build(root: Path) -> dict:
+        cache_dir = str(root / "cache")
+        result = rs.train_review_sentiment(
+            os.path.dirname(fine_food_dir),
+            str(root / "out"),
+            seed=0,
+            train_limit=TRAIN_LIMIT,
+            test_limit=TEST_LIMIT,
+            cache_dir=cache_dir,
+        )
+        return {"result": result, "cache_dir": cache_dir}
+
+    run = built_once(tmp_path_factory, "review_sentiment", build)
     train_texts, train_labels = rs._load_split(fine_food_dir, "train", TRAIN_LIMIT)
     test_texts, test_labels = rs._load_split(fine_food_dir, "test", TEST_LIMIT)
-    return {
-        "result": result,
-        "root": root,
-        "cache_dir": cache_dir,
-        "train": (train_texts, train_labels),
-        "test": (test_texts, test_labels),
-    }
+    return {**run, "train": (train_texts, train_labels), "test": (test_texts, test_labels)}
 
 
 @pytest.fixture(scope="session")

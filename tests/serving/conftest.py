@@ -20,6 +20,7 @@ import pytest
 import redis
 
 from serving.interest_store import InterestStore
+from tests.built_once import built_once
 from tests.serving.backends import StoreSpec
 from tests.serving.served_model import ModelServer, free_port, train_tiny_model
 
@@ -91,7 +92,7 @@ def store(open_test_store: Callable[[], InterestStore]) -> InterestStore:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory, bert_dir: str) -> dict[str, str]:
     """A trained interest model exported as version 1: models_dir and catalog path."""
-    return train_tiny_model(tmp_path_factory.mktemp("tiny_model"), bert_dir)
+    return built_once(tmp_path_factory, "tiny_model", lambda root: train_tiny_model(root, bert_dir))
 
 
 @pytest.fixture(scope="session")
