@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,8 @@ def built_once(
       The description, as `build` returned it.
     """
     base = tmp_path_factory.getbasetemp()
-    # Under xdist each worker's base is <run>/popen-gw<N>; alone, the base is the run's.
-    root = base.parent if base.name.startswith("popen-gw") else base
+    # An xdist worker (PYTEST_XDIST_WORKER set) has a base of its own inside the run's; alone, the base is the run's.
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
     directory = root / f"built-{name}"
     with open(root / f"built-{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
