@@ -85,6 +85,11 @@ class InterestEncoder(tf.keras.layers.Layer):
       use_memory: add the long-term memory's readout to the interest vectors.
       event_context_blocks: event <-> event attention blocks (0: none).
       event_context_dropout: dropout of those blocks while training.
+      shared_interest_core: with several interests, the user round, the
+        sequence readout and the memory readout produce one core vector that
+        every interest shares, and each interest adds its own attention
+        pooling of the events to it (False: each produces its own slice of
+        every interest).
     """
 
     def __init__(
@@ -100,6 +105,7 @@ class InterestEncoder(tf.keras.layers.Layer):
         use_memory: bool = True,
         event_context_blocks: int = 0,
         event_context_dropout: float = 0.0,
+        shared_interest_core: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -114,6 +120,11 @@ class InterestEncoder(tf.keras.layers.Layer):
         self.use_memory = use_memory
         self.event_context_blocks = event_context_blocks
         self.event_context_dropout = event_context_dropout
+        self.shared_interest_core = shared_interest_core
+        # Interests the user round and the readouts produce: all of them, or one core that each interest's
+        # own pooling is added to.
+        self.core_interests = 1 if shared_interest_core else num_interests
+        core_width = self.core_interests * interest_dim
         self.event_type_lookup = tf.keras.layers.StringLookup(vocabulary=list(EVENT_TYPES), num_oov_indices=1)
         self.event_type_embedding = tf.keras.layers.Embedding(len(EVENT_TYPES) + 1, event_dim)
         self.event_projection = tf.keras.layers.Dense(event_dim, activation="relu")
@@ -126,16 +137,14 @@ class InterestEncoder(tf.keras.layers.Layer):
             if event_context_blocks
             else None
         )
-        self.memory_readout = MemoryReadout(num_interests * interest_dim) if use_memory else None
+        self.memory_readout = MemoryReadout(core_width) if use_memory else None
         self.multi_interest = MultiInterestAttention(num_interests, interest_dim) if num_interests > 1 else None
         if message_passing_rounds == 0 and not event_context_blocks:
             raise ValueError("message_passing_rounds=0 needs event_context_blocks (the latest event's state)")
         # Without a user round the latest event's contextual state is the interest state (sequence only).
-        self.sequence_readout = (
-            tf.keras.layers.Dense(num_interests * interest_dim) if message_passing_rounds == 0 else None
-        )
+        self.sequence_readout = tf.keras.layers.Dense(core_width) if message_passing_rounds == 0 else None
         self.user_updates = [
-            self._user_round(num_interests * interest_dim if r == message_passing_rounds - 1 else interest_dim)
+            self._user_round(core_width if r == message_passing_rounds - 1 else interest_dim)
             for r in range(message_passing_rounds)
         ]
 
@@ -249,9 +258,10 @@ class InterestEncoder(tf.keras.layers.Layer):
             state = self.sequence_readout(state)
         if self.use_memory:
             state += self.memory_readout(memory)
-        state = tf.reshape(state, [-1, self.num_interests, self.interest_dim])
+        state = tf.reshape(state, [-1, self.core_interests, self.interest_dim])
         if self.multi_interest is not None:
-            state += self._interests_by_attention(graph, num_users)
+            # A shared core [users, 1, dim] broadcasts over the interests.
+            state = state + self._interests_by_attention(graph, num_users)
         return state, memory
 
     def _interests_by_attention(self, graph: tfgnn.GraphTensor, num_users: tf.Tensor) -> tf.Tensor:
@@ -299,5 +309,6 @@ class InterestEncoder(tf.keras.layers.Layer):
             use_memory=self.use_memory,
             event_context_blocks=self.event_context_blocks,
             event_context_dropout=self.event_context_dropout,
+            shared_interest_core=self.shared_interest_core,
         )
         return config

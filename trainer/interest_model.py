@@ -90,6 +90,8 @@ class InterestModel(tf.keras.Model):
       use_memory: the long-term memory adds to the interest vectors.
       event_context_blocks: event <-> event attention blocks within the window.
       event_context_dropout: dropout of those blocks while training.
+      shared_interest_core: the interests share one core vector plus each
+        one's own attention pooling (see `InterestEncoder`).
     """
 
     def __init__(
@@ -106,6 +108,7 @@ class InterestModel(tf.keras.Model):
         use_memory: bool = True,
         event_context_blocks: int = 0,
         event_context_dropout: float = 0.0,
+        shared_interest_core: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -121,6 +124,7 @@ class InterestModel(tf.keras.Model):
         self.use_memory = use_memory
         self.event_context_blocks = event_context_blocks
         self.event_context_dropout = event_context_dropout
+        self.shared_interest_core = shared_interest_core
         self.encoder = InterestEncoder(
             item_tower,
             interest_dim,
@@ -133,6 +137,7 @@ class InterestModel(tf.keras.Model):
             use_memory=use_memory,
             event_context_blocks=event_context_blocks,
             event_context_dropout=event_context_dropout,
+            shared_interest_core=shared_interest_core,
         )
         self.loss_tracker = tf.keras.metrics.Mean(name="loss")
 
@@ -255,6 +260,7 @@ class InterestModel(tf.keras.Model):
             "use_memory": self.use_memory,
             "event_context_blocks": self.event_context_blocks,
             "event_context_dropout": self.event_context_dropout,
+            "shared_interest_core": self.shared_interest_core,
         }
 
 

@@ -140,6 +140,7 @@ def build_model(
         use_memory=config.use_memory,
         event_context_blocks=config.event_context_blocks,
         event_context_dropout=config.event_context_dropout,
+        shared_interest_core=config.shared_interest_core,
     )
 
 

@@ -202,6 +202,16 @@ for _name, _config, _what in (
     )
 
 
+# A fix tried for the several interests, which cost nothing when removed: the interests share one core.
+REGISTRY["interest_graph_shared_interest_core"] = ModelSpec(
+    _interest_graph,
+    grid=[{"shared_interest_core": True}],
+    description=_INTEREST_GRAPH + " (the shipped defaults, with the four interests sharing one core vector, the"
+    " user round's state plus the memory's readout, each adding its own attention pooling of the events)",
+    quick=_INTEREST_QUICK,
+)
+
+
 # A tuning budget for the model (4 points, chosen on validation NDCG@10 like SASRec's 8); it ran on
 # the single-interest model.
 INTEREST_GRAPH_GRID = [
