@@ -93,3 +93,29 @@ def test_a_four_interest_model_trains_exports_and_serves_four_distinct_interests
     vectors = tower.all_item_vectors().numpy()[rows]
     expected = (state[0] @ vectors.T).max(axis=0) + tower.bias.numpy()[rows]
     np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-4)
+
+
+def _interests_with_silent_poolings(shared_interest_core: bool, tmp_path) -> np.ndarray:
+    """Interest states of a built model whose per-interest poolings are switched off (zero values)."""
+    tmp_path.mkdir()
+    paths = synthetic.make_dataset(str(tmp_path))
+    entries = read_catalog(paths["catalog"])
+    config = TrainerConfig(num_interests=4, shared_interest_core=shared_interest_core)
+    tf.keras.utils.set_random_seed(2)
+    model = build_model(entries, synthetic.random_text_vectors(len(entries)), config)
+    graph, _ = next(iter(training_dataset([paths["train"]], 16, shuffle=False)))
+    with_poolings = model(graph).numpy()
+    assert with_poolings.shape == (16, 4, s.INTEREST_DIM)
+    assert np.abs(with_poolings[:, 0] - with_poolings[:, 1]).max() > 1e-3
+    for weight in model.encoder.multi_interest.event_values.weights:
+        weight.assign(tf.zeros_like(weight))
+    return model(graph).numpy()
+
+
+def test_a_shared_core_makes_one_interest_the_case_whose_poolings_are_silent(tmp_path) -> None:
+    # With a shared core, the interests differ only by their own poolings of the events ...
+    shared = _interests_with_silent_poolings(True, tmp_path / "shared")
+    np.testing.assert_allclose(shared, np.repeat(shared[:, :1], 4, axis=1), rtol=1e-6, atol=1e-6)
+    # ... without it, each interest is also its own slice of the user round's output.
+    sliced = _interests_with_silent_poolings(False, tmp_path / "sliced")
+    assert np.abs(sliced[:, 0] - sliced[:, 1]).max() > 1e-3
