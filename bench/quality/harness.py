@@ -210,6 +210,13 @@ REGISTRY["interest_graph_shared_interest_core"] = ModelSpec(
     " user round's state plus the memory's readout, each adding its own attention pooling of the events)",
     quick=_INTEREST_QUICK,
 )
+REGISTRY["interest_graph_shared_interest_core_2"] = ModelSpec(
+    _interest_graph,
+    grid=[{"shared_interest_core": True, "num_interests": 2}],
+    description=_INTEREST_GRAPH + " (the shipped defaults, with two interests sharing one core vector, each adding"
+    " its own attention pooling of the events)",
+    quick=_INTEREST_QUICK,
+)
 
 
 # A tuning budget for the model (4 points, chosen on validation NDCG@10 like SASRec's 8); it ran on
