@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -38,6 +37,7 @@ from schemas.graph import event_order
 from serving.client import InterestClient
 from serving.interest_store import SqliteInterestStore
 from serving.model_loader import scan_versions
+from serving.ports import free_port
 from trainer.metrics import MAX_CUTOFF, METRIC_NAMES, items_by_popularity, popularity_ranking, ranking_metrics
 
 SHOWCASE_USERS = 3
@@ -48,12 +48,6 @@ NEW_FILMS = (
     (Item("new:toy-story-2", "Toy Story 2", "A movie released in 1999.", ("Animation", "Children's", "Comedy")), "1"),
     (Item("new:scream-3", "Scream 3", "A movie released in 2000.", ("Horror", "Mystery", "Thriller")), "288"),
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_model_server(model_base_path: str, model_name: str, port: int, log_path: str) -> subprocess.Popen:

@@ -15,13 +15,14 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import get_model_metadata_pb2, prediction_service_pb2_grpc
 
-from interest_graph.demo import free_port, start_model_server
+from interest_graph.demo import start_model_server
 from pipeline.config import PipelineConfig
 from pipeline.runner import run_pipeline
 from schemas import signatures as s
 from schemas.events import Event, RejectedRecord, read_events, read_items
 from serving.client import InterestClient
 from serving.interest_store import SqliteInterestStore
+from serving.ports import free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

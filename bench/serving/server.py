@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,17 +13,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
 from bench.serving.model import REPO_ROOT, ServedModel
+from serving.ports import free_port
 
 BATCHING_PARAMETERS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "batching_parameters.txt")
 READY_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 30.0
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def server_command(model: ServedModel, port: int, batching_file: str | None) -> list[str]:

@@ -20,9 +20,10 @@ import pytest
 import redis
 
 from serving.interest_store import InterestStore
+from serving.ports import free_port
 from tests.built_once import built_once
 from tests.serving.backends import StoreSpec
-from tests.serving.served_model import ModelServer, free_port, train_tiny_model
+from tests.serving.served_model import ModelServer, train_tiny_model
 
 BACKENDS = ("sqlite", "redis")
 

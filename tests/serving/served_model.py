@@ -8,7 +8,6 @@ matter here, only that the client talks to a genuine SavedModel over gRPC.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,8 @@ from pathlib import Path
 
 import grpc
 from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+
+from serving.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_NAME = "interest"
@@ -54,12 +55,6 @@ def train_tiny_model(root: Path, bert_dir: str) -> dict[str, str]:
         model, str(models_dir / "1"), warmup, new_items=NewItemEncoder(model.item_tower, text_encoder, bias=-1.0)
     )
     return {"models_dir": str(models_dir), "catalog": paths["catalog"]}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class ModelServer:

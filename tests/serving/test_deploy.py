@@ -14,8 +14,9 @@ from tensorflow_serving.config import model_server_config_pb2
 from schemas.signatures import DEFAULT_MODEL_NAME
 from serving.batching import load_batching_options
 from serving.config_protos import BatchingParameters, MonitoringConfig, parse_text_file
+from serving.ports import free_port
 from serving.server_config import ServerOptions
-from tests.serving.toy import REPO_ROOT, free_port, in_process_server, push_version, scale_request
+from tests.serving.toy import REPO_ROOT, in_process_server, push_version, scale_request
 
 DEPLOY = REPO_ROOT / "serving" / "deploy"
 CONFIG_FILES = ("models.config", "batching_parameters.txt", "monitoring.config")

@@ -30,12 +30,12 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
+from serving.ports import free_port
 from tests.serving.toy import (
     MODEL,
     SIGNATURES,
     ServerProcess,
     VersionStatus,
-    free_port,
     make_request,
     push_version,
     save_version,

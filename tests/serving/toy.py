@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from tensorflow_serving.apis import (
 )
 
 from serving.model_server import ModelServer
+from serving.ports import free_port
 from serving.server_config import ServerOptions
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -121,12 +121,6 @@ def push_version(base: Path, version: int, factor: float, staging: Path, model: 
     target = base / str(version)
     os.rename(tmp_dir, target)
     return target
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for(condition: Callable[[], bool], what: str, alive: Callable[[], str | None] = lambda: None) -> None:
