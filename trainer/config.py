@@ -196,6 +196,7 @@ class TrainerConfig:
     category_dim: int = 16
     num_interests: int = NUM_INTERESTS
     shared_interest_core: bool = False
+    interest_temperature: float = 0.0
     attention_heads: int = 4
     epochs: int = 10
     batch_size: int = 256
@@ -227,6 +228,8 @@ class TrainerConfig:
             raise ValueError(f"interest_dim must equal the serving contract's INTEREST_DIM={INTEREST_DIM}")
         if self.num_interests < 1:
             raise ValueError("num_interests must be at least 1")
+        if self.interest_temperature < 0.0:
+            raise ValueError("interest_temperature must be >= 0 (0: best match)")
         if self.message_passing_rounds < 0:
             raise ValueError("message_passing_rounds must be >= 0")
         if self.message_passing_rounds == 0 and not self.event_context_blocks:

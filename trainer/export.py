@@ -24,7 +24,12 @@ from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2  
 from schemas import signatures as s  # noqa: E402
 from trainer.co_interaction_channel import CoInteractionChannel, recent_item_ids  # noqa: E402
 from trainer.graph_dataset import graph_tensor_spec, parse_subgraphs  # noqa: E402
-from trainer.interest_model import InterestModel, best_interest_scores, readable_interest_graph  # noqa: E402
+from trainer.interest_model import (  # noqa: E402
+    InterestModel,
+    combine_interests,
+    interest_scores,
+    readable_interest_graph,
+)
 from trainer.item_tower import OOV_INDEX  # noqa: E402
 from trainer.new_item_encoder import NewItemEncoder  # noqa: E402
 
@@ -93,7 +98,7 @@ def export_serving_model(
 
     def all_scores(interest_state: tf.Tensor, recent_items: tf.Tensor) -> tf.Tensor:
         channel = co_interaction.scores(tower.indices(recent_items))
-        return best_interest_scores(interest_state, item_vectors) + item_bias + channel
+        return interest_scores(interest_state, item_vectors, model.interest_temperature) + item_bias + channel
 
     def interest_outputs(subgraph: tf.Tensor, prior_memory: tf.Tensor | None) -> dict[str, tf.Tensor]:
         graph = parse_subgraphs(subgraph, spec)
@@ -143,7 +148,8 @@ def export_serving_model(
         vectors = tf.gather(item_vectors, rows)
         bias = tf.gather(item_bias, rows)
         channel = tf.gather(co_interaction.scores(tower.indices(recent_item_ids)), rows, batch_dims=1)
-        values = tf.reduce_max(tf.einsum("bmd,bnd->bmn", interest_state, vectors), axis=1) + bias + channel
+        per_interest = tf.einsum("bmd,bnd->bmn", interest_state, vectors)
+        values = combine_interests(per_interest, model.interest_temperature) + bias + channel
         # Unknown items get -inf: ranked last, and visibly not a real score.
         return {s.SCORES: tf.where(bias < -1e8, float("-inf"), values)}
 

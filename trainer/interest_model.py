@@ -18,17 +18,42 @@ from trainer.item_tower import OOV_INDEX, ItemTower  # noqa: E402
 _MASKED = -1e9
 
 
-def best_interest_scores(interest_state: tf.Tensor, item_vectors: tf.Tensor) -> tf.Tensor:
-    """Scores of items for users: the best dot product over each user's interests.
+def combine_interests(per_interest: tf.Tensor, temperature: float = 0.0, axis: int = 1) -> tf.Tensor:
+    """An item's score for a user from its scores against each of the user's interests.
+
+    With temperature 0 the item scores by its best-matching interest (a hard
+    maximum), so in training only that interest learns from the item. With a
+    temperature t > 0 the score is the soft maximum `t * log sum_m exp(s_m / t)`:
+    at t = 1 the user's preference for an item is the sum of what each interest
+    gives it (`exp(score) = sum_m exp(s_m)`), and every interest learns from
+    every item in proportion to how well it matches. With one interest both
+    are that interest's score.
+
+    Args:
+      per_interest: scores with the interests along `axis`.
+      temperature: 0 for the best match, > 0 for the soft maximum.
+      axis: the interests' axis.
+
+    Returns:
+      The scores with `axis` reduced.
+    """
+    if temperature <= 0.0:
+        return tf.reduce_max(per_interest, axis=axis)
+    return temperature * tf.reduce_logsumexp(per_interest / temperature, axis=axis)
+
+
+def interest_scores(interest_state: tf.Tensor, item_vectors: tf.Tensor, temperature: float = 0.0) -> tf.Tensor:
+    """Scores of items for users, over each user's interests (see `combine_interests`).
 
     Args:
       interest_state: [batch, interests, dim].
       item_vectors: [items, dim] shared by the batch.
+      temperature: 0 for the best match, > 0 for the soft maximum.
 
     Returns:
       [batch, items] scores.
     """
-    return tf.reduce_max(tf.einsum("bmd,nd->bmn", interest_state, item_vectors), axis=1)
+    return combine_interests(tf.einsum("bmd,nd->bmn", interest_state, item_vectors), temperature)
 
 
 def multi_interest_sampled_softmax_loss(
@@ -37,8 +62,9 @@ def multi_interest_sampled_softmax_loss(
     item_vectors: tf.Tensor,
     item_bias: tf.Tensor,
     sampled_values: tuple[tf.Tensor, tf.Tensor, tf.Tensor],
+    temperature: float = 0.0,
 ) -> tf.Tensor:
-    """Sampled-softmax loss where an item's logit is its best match over the user's interests.
+    """Sampled-softmax loss where an item's logit combines its matches over the user's interests.
 
     With one interest it equals `tf.nn.sampled_softmax_loss` (logits corrected
     by the log expected sample count, accidental hits removed).
@@ -50,14 +76,17 @@ def multi_interest_sampled_softmax_loss(
       item_bias: [vocabulary].
       sampled_values: (sampled ids [S], true expected counts [batch, 1],
         sampled expected counts [S]) from a candidate sampler.
+      temperature: how the interests combine (`combine_interests`).
 
     Returns:
       [batch] losses.
     """
     sampled, true_expected, sampled_expected = sampled_values
-    true_logits = tf.reduce_max(tf.einsum("bmd,bd->bm", interest_state, tf.gather(item_vectors, labels)), axis=1)
+    true_logits = combine_interests(
+        tf.einsum("bmd,bd->bm", interest_state, tf.gather(item_vectors, labels)), temperature
+    )
     true_logits += tf.gather(item_bias, labels) - tf.math.log(true_expected[:, 0])
-    sampled_logits = best_interest_scores(interest_state, tf.gather(item_vectors, sampled))
+    sampled_logits = interest_scores(interest_state, tf.gather(item_vectors, sampled), temperature)
     sampled_logits += tf.gather(item_bias, sampled) - tf.math.log(sampled_expected)
     # A sampled negative that is the label itself is no negative.
     accidental = tf.equal(labels[:, None], tf.cast(sampled, labels.dtype)[None, :])
@@ -68,6 +97,9 @@ def multi_interest_sampled_softmax_loss(
 
 class InterestModel(tf.keras.Model):
     """Scores items for a user as `max_m interest_m . item_vector + item_bias`.
+
+    The maximum over interests is the best match, or a soft maximum with
+    `interest_temperature` > 0 (`combine_interests`).
 
     Training minimises a sampled-softmax loss: for each prediction point the
     item the user touched next must outscore `num_sampled` negatives drawn
@@ -92,6 +124,9 @@ class InterestModel(tf.keras.Model):
       event_context_dropout: dropout of those blocks while training.
       shared_interest_core: the interests share one core vector plus each
         one's own attention pooling (see `InterestEncoder`).
+      interest_temperature: how an item's matches with the interests combine
+        into its score: 0 the best match, > 0 a soft maximum
+        (`combine_interests`).
     """
 
     def __init__(
@@ -109,6 +144,7 @@ class InterestModel(tf.keras.Model):
         event_context_blocks: int = 0,
         event_context_dropout: float = 0.0,
         shared_interest_core: bool = False,
+        interest_temperature: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -125,6 +161,7 @@ class InterestModel(tf.keras.Model):
         self.event_context_blocks = event_context_blocks
         self.event_context_dropout = event_context_dropout
         self.shared_interest_core = shared_interest_core
+        self.interest_temperature = interest_temperature
         self.encoder = InterestEncoder(
             item_tower,
             interest_dim,
@@ -149,7 +186,7 @@ class InterestModel(tf.keras.Model):
         """[batch, vocabulary_size] scores of every item; the unknown-item column is masked."""
         if item_vectors is None:
             item_vectors = self.item_tower.all_item_vectors()
-        scores = best_interest_scores(interest_state, item_vectors) + self.item_tower.bias
+        scores = interest_scores(interest_state, item_vectors, self.interest_temperature) + self.item_tower.bias
         unknown = tf.one_hot(OOV_INDEX, self.item_tower.vocabulary_size, on_value=_MASKED, off_value=0.0)
         return scores + unknown
 
@@ -180,7 +217,9 @@ class InterestModel(tf.keras.Model):
             # Small catalogs can afford the exact softmax over every item.
             logits = self.all_scores(interest_state, item_vectors)
             return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
-        losses = multi_interest_sampled_softmax_loss(interest_state, labels, item_vectors, tower.bias, sampled_values)
+        losses = multi_interest_sampled_softmax_loss(
+            interest_state, labels, item_vectors, tower.bias, sampled_values, self.interest_temperature
+        )
         return tf.reduce_mean(losses)
 
     def compile(self, optimizer: Any, text_optimizer: Any = None, **kwargs: Any) -> None:
@@ -261,6 +300,7 @@ class InterestModel(tf.keras.Model):
             "event_context_blocks": self.event_context_blocks,
             "event_context_dropout": self.event_context_dropout,
             "shared_interest_core": self.shared_interest_core,
+            "interest_temperature": self.interest_temperature,
         }
 
 
@@ -309,9 +349,9 @@ def readable_interest_graph(
     items = graph.node_sets[g.ITEM]
     item_sizes = items.sizes
     owner = tf.repeat(tf.range(tf.shape(item_sizes)[0]), item_sizes)
-    affinity = tf.reduce_max(
+    affinity = combine_interests(
         tf.einsum("nmd,nd->nm", tf.gather(interest_state, owner), model.item_tower(items[g.ITEM_ID], item_vectors)),
-        axis=1,
+        model.interest_temperature,
     )
     affinity = tf.RaggedTensor.from_row_lengths(affinity, item_sizes)
     weights = tf.exp(affinity - tf.reduce_max(affinity, axis=1, keepdims=True))

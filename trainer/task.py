@@ -141,6 +141,7 @@ def build_model(
         event_context_blocks=config.event_context_blocks,
         event_context_dropout=config.event_context_dropout,
         shared_interest_core=config.shared_interest_core,
+        interest_temperature=config.interest_temperature,
     )
 
 

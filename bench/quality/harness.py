@@ -221,6 +221,17 @@ REGISTRY["interest_graph_shared_interest_core_2"] = ModelSpec(
 )
 
 
+# A fix tried in session 19 for the same: an item's score is a soft maximum over the interests (at
+# temperature 1, exp(score) sums exp over the interests), so every interest learns from every item.
+REGISTRY["interest_graph_soft_interests"] = ModelSpec(
+    _interest_graph,
+    grid=[{"interest_temperature": 1.0}],
+    description=_INTEREST_GRAPH + " (the shipped defaults, with an item scored by the soft maximum, logsumexp,"
+    " of its matches with the four interests instead of the best one)",
+    quick=_INTEREST_QUICK,
+)
+
+
 # A tuning budget for the model (4 points, chosen on validation NDCG@10 like SASRec's 8); it ran on
 # the single-interest model.
 INTEREST_GRAPH_GRID = [

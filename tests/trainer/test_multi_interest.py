@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from schemas import signatures as s
@@ -60,10 +61,13 @@ def test_config_round_trip() -> None:
     assert (clone.num_interests, clone.interest_dim, clone.hidden_dim) == (2, 8, 8)
 
 
-def test_a_four_interest_model_trains_exports_and_serves_four_distinct_interests(tmp_path) -> None:
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_four_interest_model_trains_exports_and_serves_four_distinct_interests(temperature, tmp_path) -> None:
     paths = synthetic.make_dataset(str(tmp_path))
     entries = read_catalog(paths["catalog"])
-    config = TrainerConfig(epochs=2, batch_size=64, num_sampled=8, learning_rate=3e-3, num_interests=4)
+    config = TrainerConfig(
+        epochs=2, batch_size=64, num_sampled=8, learning_rate=3e-3, num_interests=4, interest_temperature=temperature
+    )
     tf.keras.utils.set_random_seed(1)
     model = build_model(entries, synthetic.random_text_vectors(len(entries)), config)
     model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
@@ -79,7 +83,7 @@ def test_a_four_interest_model_trains_exports_and_serves_four_distinct_interests
     state = loaded.signatures[s.UPDATE_INTEREST](**{s.SUBGRAPH: tf.constant(subgraphs)})[s.INTEREST_STATE].numpy()
     assert state.shape == (2, 4, s.INTEREST_DIM) and np.isfinite(state).all()
     assert min(np.abs(state[0, 0] - state[0, m]).max() for m in (1, 2, 3)) > 1e-3
-    # An item's served score is its best match over the four interests, plus its bias.
+    # An item's served score is its best match over the four interests (or their soft maximum), plus its bias.
     item_ids = [e.item.item_id for e in entries[:5]]
     scores = loaded.signatures[s.SCORE](
         **{
@@ -91,7 +95,9 @@ def test_a_four_interest_model_trains_exports_and_serves_four_distinct_interests
     tower = model.item_tower
     rows = [tower.item_ids.index(i) + 1 for i in item_ids]
     vectors = tower.all_item_vectors().numpy()[rows]
-    expected = (state[0] @ vectors.T).max(axis=0) + tower.bias.numpy()[rows]
+    per_interest = state[0] @ vectors.T
+    combined = np.log(np.exp(per_interest).sum(axis=0)) if temperature else per_interest.max(axis=0)
+    expected = combined + tower.bias.numpy()[rows]
     np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-4)
 
 
