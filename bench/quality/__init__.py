@@ -63,6 +63,16 @@ class Recommender(Protocol):
         """Number of learned parameters after `fit`."""
         ...
 
+    @property
+    def settings(self) -> dict[str, Any]:
+        """Every setting the model fits with: its defaults with the config's overrides, not the seed.
+
+        Recorded with each results entry, so that what an entry measured stays
+        known after a default changes, and seeds added to it later are checked
+        to be the same experiment.
+        """
+        ...
+
 
 @runtime_checkable
 class ScoringVariants(Protocol):

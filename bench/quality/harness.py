@@ -338,9 +338,24 @@ def _machine() -> str:
 
 
 def _fit(
-    spec: ModelSpec, name: str, config: Mapping[str, Any], split: LeaveOneOutSplit, seed: int, tag: str
+    spec: ModelSpec,
+    name: str,
+    config: Mapping[str, Any],
+    split: LeaveOneOutSplit,
+    seed: int,
+    tag: str,
+    settings: Mapping[str, Any] | None = None,
 ) -> tuple[Recommender, FitInfo]:
+    """Builds and fits one recommender; with `settings`, refuses (before fitting) one that would differ."""
     recommender = spec.factory(dict(config))
+    if settings is not None and recommender.settings != dict(settings):
+        now = recommender.settings
+        changed = sorted(k for k in set(now) | set(settings) if now.get(k) != settings.get(k))
+        raise ValueError(
+            f"{name}'s entry was fitted with other settings than {json.dumps(dict(config))} gives now "
+            f"({', '.join(f'{k}: {settings.get(k)!r} then, {now.get(k)!r} now' for k in changed)}); "
+            "pin them in its registered config"
+        )
     if hasattr(recommender, "log"):
         recommender.log = lambda message: print(f"[quality] model={name} seed={seed} {tag}{message}", flush=True)
     info = recommender.fit(split, seed)
@@ -379,19 +394,21 @@ def run_model(
     cold = split.cold_items(cold_threshold)
     cold_points = [p for p in split.test_points if p.target_item in cold]
     per_seed = []
+    settings: dict[str, Any] = {}
     for seed in seeds:
         if seed == tuning_seed and kept is not None:
             recommender, info = kept
         else:
             print(f"[quality] model={name} seed={seed} fitting config={json.dumps(chosen)}", flush=True)
             recommender, info = _fit(spec, name, chosen, split, seed, "")
+        settings = recommender.settings
         record = _seed_record(name, recommender, info, seed, split, cold_points)
         per_seed.append(record)
         if len(grid) == 1 and seed == seeds[0]:
             grid_points.append(_grid_record(chosen, record["validation"], info))
         del recommender
     return {
-        "model": _model_entry(per_seed, chosen, spec.description),
+        "model": _model_entry(per_seed, chosen, spec.description, settings),
         "grid": {
             "selection": f"validation {SELECTION_METRIC}, seed {tuning_seed}",
             "chosen": chosen,
@@ -415,6 +432,9 @@ def add_seeds(
     a comparison can be widened later without refitting what is already
     measured. The grid is not searched again: the entry's `config` (the
     earlier choice) is fitted, so the added seeds are the same experiment.
+    An entry that records its `settings` (every setting of its fits) is only
+    widened while its config still gives those settings, so a default changed
+    since cannot slip into it; older entries rely on the registry's pins.
 
     Args:
       name: a registered model with an entry in the results.
@@ -436,11 +456,14 @@ def add_seeds(
     done = {r["seed"] for r in per_seed}
     for seed in (s for s in seeds if s not in done):
         print(f"[quality] model={name} seed={seed} adding a seed, config={json.dumps(chosen)}", flush=True)
-        recommender, info = _fit(spec, name, chosen, split, seed, "")
+        recommender, info = _fit(spec, name, chosen, split, seed, "", entry.get("settings"))
         per_seed.append(_seed_record(name, recommender, info, seed, split, cold_points))
         del recommender
     per_seed.sort(key=lambda r: r["seed"])
-    widened = {**entry, **_model_entry(per_seed, chosen, entry.get("description", spec.description))}
+    widened = {
+        **entry,
+        **_model_entry(per_seed, chosen, entry.get("description", spec.description), entry.get("settings")),
+    }
     return {
         "model": widened,
         "cold_items": _summarise([r["cold_items"] for r in per_seed]) if cold_points else {},
@@ -488,7 +511,12 @@ def _seed_record(
     return record
 
 
-def _model_entry(per_seed: Sequence[Mapping[str, Any]], chosen: Mapping[str, Any], description: str) -> dict:
+def _model_entry(
+    per_seed: Sequence[Mapping[str, Any]],
+    chosen: Mapping[str, Any],
+    description: str,
+    settings: Mapping[str, Any] | None,
+) -> dict:
     variants = {
         variant: {
             **_summarise([r["variants"][variant]["test"] for r in per_seed]),
@@ -508,6 +536,7 @@ def _model_entry(per_seed: Sequence[Mapping[str, Any]], chosen: Mapping[str, Any
         "params": int(per_seed[0]["params"]),
         "validation": _summarise([r["validation"] for r in per_seed]),
         "config": dict(chosen),
+        **({"settings": dict(settings)} if settings is not None else {}),
         "seeds": [r["seed"] for r in per_seed],
         "description": description,
         "per_seed": list(per_seed),

@@ -9,6 +9,7 @@ serving signatures, as TF Serving would run them.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -123,6 +124,13 @@ class InterestGraphModel:
     @property
     def params(self) -> int:
         return self._params
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The whole `TrainerConfig` the fit trains with (its defaults with the overrides), less the seed."""
+        settings = dataclasses.asdict(TrainerConfig(**self.config))
+        del settings["seed"]
+        return settings
 
     def fit(self, split: LeaveOneOutSplit, seed: int) -> FitInfo:
         start = time.time()

@@ -104,5 +104,9 @@ class ItemCooccurrence:
         return rankings
 
     @property
+    def settings(self) -> dict[str, Any]:
+        return dict(self.config)
+
+    @property
     def params(self) -> int:
         return int(np.count_nonzero(self._similarity))  # stored item-pair similarities

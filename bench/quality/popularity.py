@@ -29,5 +29,9 @@ class Popularity:
         return [popularity_ranking(self._ranked, p.exclude, k) for p in points]
 
     @property
+    def settings(self) -> dict[str, Any]:
+        return dict(self.config)
+
+    @property
     def params(self) -> int:
         return len(self._ranked)  # one count per item

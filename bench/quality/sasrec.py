@@ -276,6 +276,10 @@ class SASRec:
         return top_k_from_scores(self.scores(points), self._item_ids, points, k)
 
     @property
+    def settings(self) -> dict[str, Any]:
+        return dict(self.config)
+
+    @property
     def params(self) -> int:
         if self._net is None:
             return 0

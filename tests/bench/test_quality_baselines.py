@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bench.quality import ModelSpec, Recommender
+from bench.quality import ModelSpec, Recommender, item_cooccurrence
 from bench.quality import harness as h
 from bench.quality.data import build_split
 from bench.quality.interest_model import point_subgraph
@@ -260,6 +260,29 @@ def test_harness_adds_seeds_to_an_entry_without_refitting_its_own(tmp_path, monk
         h.run_benchmark(split, ["pop"], seeds=[0, 1, 2, 3, 4], output=output, extend=True)
 
 
+def test_harness_records_each_entrys_settings_and_widens_it_only_while_they_hold(tmp_path, monkeypatch) -> None:
+    split = _cooccurrence_split()
+    monkeypatch.setitem(h.REGISTRY, "cooc", ModelSpec(lambda config: ItemCooccurrence(config), grid=[{"alpha": 0.3}]))
+    output = str(tmp_path / "quality.json")
+    h.run_benchmark(split, ["cooc"], seeds=[0], output=output)
+    with open(output) as f:
+        entry = json.load(f)["models"]["cooc"]
+    # The defaults are written down with the override, so the entry says what it measured.
+    assert entry["config"] == {"alpha": 0.3}
+    assert entry["settings"] == {**item_cooccurrence.DEFAULTS, "alpha": 0.3}
+    # A default changed since: the same registered config would now be another experiment.
+    monkeypatch.setitem(item_cooccurrence.DEFAULTS, "half_life", 7.0)
+    with pytest.raises(ValueError, match=r"other settings.*half_life: None then, 7.0 now"):
+        h.run_benchmark(split, ["cooc"], seeds=[0, 1], output=output, extend=True)
+    with open(output) as f:
+        assert json.load(f)["models"]["cooc"] == entry
+    monkeypatch.setitem(item_cooccurrence.DEFAULTS, "half_life", None)
+    h.run_benchmark(split, ["cooc"], seeds=[0, 1], output=output, extend=True)
+    with open(output) as f:
+        widened = json.load(f)["models"]["cooc"]
+    assert widened["seeds"] == [0, 1] and widened["settings"] == entry["settings"]
+
+
 class _ReversiblePopularity(Popularity):
     """Popularity with a scoring variant that ranks the least popular items first."""
 
@@ -306,3 +329,16 @@ def test_interest_graph_adapter_removes_its_working_directory() -> None:
     del adapter
     gc.collect()
     assert not os.path.exists(directory)
+
+
+def test_interest_graph_settings_are_the_whole_trainer_config_less_the_seed() -> None:
+    import dataclasses
+
+    from bench.quality.interest_model import InterestGraphModel
+    from trainer.config import TrainerConfig
+
+    settings = InterestGraphModel({"use_text": False}).settings
+    expected = dataclasses.asdict(TrainerConfig(use_text=False))
+    del expected["seed"]
+    assert settings == expected and settings["epochs"] == TrainerConfig().epochs
+    json.dumps(settings)  # recorded in quality.json as it is
