@@ -59,6 +59,18 @@ class TrainerConfig:
         test NDCG@10 0.1191 +- 0.0030 and validation 0.1414 +- 0.0018, level
         with both the default (0.1175 / 0.1429) and one interest (0.1214 /
         0.1414), so the default was not changed.
+      interest_temperature: how an item's matches with the several
+        interests combine into its score. 0 (default): its best match, so
+        in training only the best-matching interest learns from each item.
+        t > 0: the soft maximum `t * logsumexp(s_m / t)`, through which
+        every interest learns from every item, weighted by how well it
+        matches; at 1, `exp(score)` is the sum over interests of
+        `exp(s_m)`. Tried in session 19 as a fix for the four interests; at 1
+        on MovieLens-100k (seeds 0-4, bench/quality
+        `interest_graph_soft_interests`) it measured test NDCG@10 0.1199 +-
+        0.0031 and validation 0.1405 +- 0.0044, level with the best match
+        (0.1175 / 0.1429) and one interest (0.1214 / 0.1414), so the default
+        was not changed.
       epochs: maximum passes over the training prediction points. 10 keeps
         the CPU profile's training on MovieLens-100k within the 15-minute
         budget with a margin (45-87 s an epoch on the 2-core machine, which
