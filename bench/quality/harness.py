@@ -348,8 +348,8 @@ def _fit(
 ) -> tuple[Recommender, FitInfo]:
     """Builds and fits one recommender; with `settings`, refuses (before fitting) one that would differ."""
     recommender = spec.factory(dict(config))
-    if settings is not None and recommender.settings != dict(settings):
-        now = recommender.settings
+    now = recommender.settings if settings is not None else None
+    if now is not None and now != dict(settings):
         changed = sorted(k for k in set(now) | set(settings) if now.get(k) != settings.get(k))
         raise ValueError(
             f"{name}'s entry was fitted with other settings than {json.dumps(dict(config))} gives now "
