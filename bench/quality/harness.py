@@ -232,6 +232,20 @@ REGISTRY["interest_graph_soft_interests"] = ModelSpec(
 )
 
 
+# The sequence-only ablation above keeps the interests' own attention pooling of the events, and the single-
+# interest one keeps the event -> user round: each removes one of two attentions from the events to the user
+# and leaves the other. This entry removes both (session 20): the user's state is the latest event's in-window
+# context plus the memory's readout, as in SASRec.
+REGISTRY["interest_graph_no_event_attention"] = ModelSpec(
+    _interest_graph,
+    grid=[{"message_passing_rounds": 0, "num_interests": 1}],
+    description=_INTEREST_GRAPH + " (the shipped defaults, with no attention from the events to the user: no"
+    " event -> user round and one interest, so no interest pools the events either; the latest event's in-window"
+    " context plus the memory's readout is the user's state; the channel stays)",
+    quick=_INTEREST_QUICK,
+)
+
+
 # A tuning budget for the model (4 points, chosen on validation NDCG@10 like SASRec's 8); it ran on
 # the single-interest model.
 INTEREST_GRAPH_GRID = [
