@@ -342,3 +342,15 @@ def test_interest_graph_settings_are_the_whole_trainer_config_less_the_seed() ->
     del expected["seed"]
     assert settings == expected and settings["epochs"] == TrainerConfig().epochs
     json.dumps(settings)  # recorded in quality.json as it is
+
+
+def test_every_registered_interest_graph_entry_is_a_valid_trainer_config() -> None:
+    # A misspelt knob in the registry would otherwise surface only when that entry's fit starts.
+    from bench.quality.interest_model import InterestGraphModel
+
+    entries = {name: spec for name, spec in h.REGISTRY.items() if name.startswith("interest_graph")}
+    assert "interest_graph_no_event_attention" in entries
+    for name, spec in entries.items():
+        for point in [*spec.grid, {**spec.grid[0], **spec.quick}]:
+            settings = InterestGraphModel(point).settings
+            assert {key: settings[key] for key in point} == point, name
