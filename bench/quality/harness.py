@@ -246,6 +246,17 @@ REGISTRY["interest_graph_no_event_attention"] = ModelSpec(
 )
 
 
+# The other attention over the events, among themselves (`EventContext`), was last ablated on the one-interest
+# model before the channel (`interest_graph_no_event_context`); this is its ablation on the shipped default.
+REGISTRY["interest_graph_no_event_to_event_attention"] = ModelSpec(
+    _interest_graph,
+    grid=[{"event_context_blocks": 0}],
+    description=_INTEREST_GRAPH + " (the shipped defaults, without the event <-> event attention within the window:"
+    " each event enters the event -> user round and the interests' poolings on its own)",
+    quick=_INTEREST_QUICK,
+)
+
+
 # A tuning budget for the model (4 points, chosen on validation NDCG@10 like SASRec's 8); it ran on
 # the single-interest model.
 INTEREST_GRAPH_GRID = [

@@ -349,7 +349,7 @@ def test_every_registered_interest_graph_entry_is_a_valid_trainer_config() -> No
     from bench.quality.interest_model import InterestGraphModel
 
     entries = {name: spec for name, spec in h.REGISTRY.items() if name.startswith("interest_graph")}
-    assert "interest_graph_no_event_attention" in entries
+    assert {"interest_graph_no_event_attention", "interest_graph_no_event_to_event_attention"} <= entries.keys()
     for name, spec in entries.items():
         for point in [*spec.grid, {**spec.grid[0], **spec.quick}]:
             settings = InterestGraphModel(point).settings
