@@ -232,29 +232,33 @@ REGISTRY["interest_graph_soft_interests"] = ModelSpec(
 )
 
 
-# The sequence-only ablation above keeps the interests' own attention pooling of the events, and the single-
-# interest one keeps the event -> user round: each removes one of two attentions from the events to the user
-# and leaves the other. This entry removes both (session 20): the user's state is the latest event's in-window
-# context plus the memory's readout, as in SASRec.
-REGISTRY["interest_graph_no_event_attention"] = ModelSpec(
-    _interest_graph,
-    grid=[{"message_passing_rounds": 0, "num_interests": 1}],
-    description=_INTEREST_GRAPH + " (the shipped defaults, with no attention from the events to the user: no"
-    " event -> user round and one interest, so no interest pools the events either; the latest event's in-window"
-    " context plus the memory's readout is the user's state; the channel stays)",
-    quick=_INTEREST_QUICK,
-)
-
-
-# The other attention over the events, among themselves (`EventContext`), was last ablated on the one-interest
-# model before the channel (`interest_graph_no_event_context`); this is its ablation on the shipped default.
-REGISTRY["interest_graph_no_event_to_event_attention"] = ModelSpec(
-    _interest_graph,
-    grid=[{"event_context_blocks": 0}],
-    description=_INTEREST_GRAPH + " (the shipped defaults, without the event <-> event attention within the window:"
-    " each event enters the event -> user round and the interests' poolings on its own)",
-    quick=_INTEREST_QUICK,
-)
+# Session 20's ablations of the shipped default, on its current settings (no epoch pin). The sequence-only
+# ablation above keeps the interests' own attention pooling of the events, and the single-interest one keeps the
+# event -> user round: each removes one of two attentions from the events to the user and leaves the other. The
+# first entry removes both: the user's state is the latest event's in-window context plus the memory's readout,
+# as in SASRec. The second removes the third attention over the events, among themselves (`EventContext`), last
+# ablated on the one-interest model before the channel (`interest_graph_no_event_context`).
+for _name, _config, _what in (
+    (
+        "interest_graph_no_event_attention",
+        {"message_passing_rounds": 0, "num_interests": 1},
+        "with no attention from the events to the user: no event -> user round and one interest, so no interest"
+        " pools the events either; the latest event's in-window context plus the memory's readout is the user's"
+        " state; the channel stays",
+    ),
+    (
+        "interest_graph_no_event_to_event_attention",
+        {"event_context_blocks": 0},
+        "without the event <-> event attention within the window: each event enters the event -> user round and"
+        " the interests' poolings on its own",
+    ),
+):
+    REGISTRY[_name] = ModelSpec(
+        _interest_graph,
+        grid=[_config],
+        description=_INTEREST_GRAPH + " (the shipped defaults, " + _what + ")",
+        quick=_INTEREST_QUICK,
+    )
 
 
 # A tuning budget for the model (4 points, chosen on validation NDCG@10 like SASRec's 8); it ran on
