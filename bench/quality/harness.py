@@ -377,14 +377,17 @@ def _fit(
 ) -> tuple[Recommender, FitInfo]:
     """Builds and fits one recommender; with `settings`, refuses (before fitting) one that would differ."""
     recommender = spec.factory(dict(config))
-    now = recommender.settings if settings is not None else None
-    if now is not None and now != dict(settings):
-        changed = sorted(k for k in set(now) | set(settings) if now.get(k) != settings.get(k))
-        raise ValueError(
-            f"{name}'s entry was fitted with other settings than {json.dumps(dict(config))} gives now "
-            f"({', '.join(f'{k}: {settings.get(k)!r} then, {now.get(k)!r} now' for k in changed)}); "
-            "pin them in its registered config"
+    if settings is not None:
+        now = recommender.settings
+        changed = sorted(
+            k for k in set(now) | set(settings) if k not in now or k not in settings or now[k] != settings[k]
         )
+        if changed:
+            raise ValueError(
+                f"{name}'s entry was fitted with other settings than {json.dumps(dict(config))} gives now "
+                f"({', '.join(f'{k}: {settings.get(k)!r} then, {now.get(k)!r} now' for k in changed)}); "
+                "pin them in its registered config"
+            )
     if hasattr(recommender, "log"):
         recommender.log = lambda message: print(f"[quality] model={name} seed={seed} {tag}{message}", flush=True)
     info = recommender.fit(split, seed)
