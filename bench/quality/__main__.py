@@ -33,7 +33,18 @@ def main(argv: list[str] | None = None) -> int:
         help="widen each model's existing entry in the results file to seeds 0..N-1, fitting only "
         "the seeds it lacks with its recorded config (no new grid search)",
     )
-    parser.add_argument("--output", default=None, help="results file (merged into if it exists)")
+    parser.add_argument(
+        "--choices-from",
+        default=None,
+        help="another results file: fit the config each model chose there instead of searching its grid again "
+        "(to measure the same choice afresh, e.g. into another --output)",
+    )
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="results file (merged into if it exists); every fit's per-point target positions go beside it "
+        "(x.json -> x.ranks.json)",
+    )
     parser.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="input window (events)")
     parser.add_argument("--cold-threshold", type=int, default=DEFAULT_COLD_THRESHOLD)
     parser.add_argument("--table", action="store_true", help="print the results file as a markdown table and exit")
@@ -65,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         cold_threshold=args.cold_threshold,
         command=command.strip(),
         extend=args.add_seeds,
+        choices_from=args.choices_from,
     )
     return 0
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.quality import FitInfo, ModelSpec, Recommender, ScoringVariants
+from bench.quality import FitInfo, ModelSpec, Recommender, ScoringVariants, ranks
 from bench.quality.data import DEFAULT_COLD_THRESHOLD, LeaveOneOutSplit, PredictionPoint
 from trainer.metrics import MAX_CUTOFF, METRIC_NAMES, ranking_metrics
 
@@ -306,16 +306,21 @@ def register(name: str, spec: ModelSpec) -> None:
     REGISTRY[name] = spec
 
 
-def evaluate(recommender: Recommender, points: Sequence[PredictionPoint]) -> dict[str, float]:
-    """`ranking_metrics` of the recommender's top-20 on the points (empty dict for no points)."""
-    if not points:
-        return {}
+def _rankings(recommender: Recommender, points: Sequence[PredictionPoint]) -> list[list[str]]:
+    """The recommender's top-20 for each point, refusing any that recommends an excluded item."""
     rankings = recommender.rank(points, MAX_CUTOFF)
     for point, ranked in zip(points, rankings, strict=True):
         leaked = point.exclude.intersection(ranked)
         if leaked:
             raise AssertionError(f"{type(recommender).__name__} recommended excluded items {sorted(leaked)[:5]}")
-    return ranking_metrics(rankings, [[p.target_item] for p in points])
+    return rankings
+
+
+def evaluate(recommender: Recommender, points: Sequence[PredictionPoint]) -> dict[str, float]:
+    """`ranking_metrics` of the recommender's top-20 on the points (empty dict for no points)."""
+    if not points:
+        return {}
+    return ranking_metrics(_rankings(recommender, points), [[p.target_item] for p in points])
 
 
 def mean_std(values: Sequence[float]) -> dict[str, float]:
@@ -400,12 +405,28 @@ def run_model(
     seeds: Sequence[int],
     quick: bool = False,
     cold_threshold: int = DEFAULT_COLD_THRESHOLD,
+    earlier_choice: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Tunes and runs one registered model; returns its `models`, `grids` and cold-slice entries."""
+    """Tunes and runs one registered model.
+
+    Args:
+      name: a registered model.
+      split: the leave-one-out split.
+      seeds: the seeds to fit the chosen config with.
+      quick: apply the entry's quick overrides and keep two grid points.
+      cold_threshold: the cold-item slice's threshold.
+      earlier_choice: an earlier run's grid record of this model (`quality.json`'s `grids[name]`): its
+        `chosen` config is fitted without searching the grid again, to measure the same choice afresh.
+
+    Returns:
+      The model's `models`, `grids` and cold-slice entries, and `ranks`: seed -> split -> target positions.
+    """
     spec = REGISTRY[name]
     grid = [{**point, **spec.quick} if quick else dict(point) for point in spec.grid]
     if quick:
         grid = grid[:2]
+    if earlier_choice is not None:
+        grid = [dict(earlier_choice["chosen"])]
     tuning_seed = 0
     grid_points: list[dict[str, Any]] = []
     chosen, kept = grid[0], None
@@ -426,6 +447,7 @@ def run_model(
     cold = split.cold_items(cold_threshold)
     cold_points = [p for p in split.test_points if p.target_item in cold]
     per_seed = []
+    fits: dict[int, dict[str, str]] = {}
     settings: dict[str, Any] = {}
     for seed in seeds:
         if seed == tuning_seed and kept is not None:
@@ -434,20 +456,24 @@ def run_model(
             print(f"[quality] model={name} seed={seed} fitting config={json.dumps(chosen)}", flush=True)
             recommender, info = _fit(spec, name, chosen, split, seed, "")
         settings = recommender.settings
-        record = _seed_record(name, recommender, info, seed, split, cold_points)
+        record, fits[seed] = _seed_record(name, recommender, info, seed, split, cold_points)
         per_seed.append(record)
         if len(grid) == 1 and seed == seeds[0]:
             grid_points.append(_grid_record(chosen, record["validation"], info))
         del recommender
+    grid_entry = {
+        "selection": f"validation {SELECTION_METRIC}, seed {tuning_seed}",
+        "chosen": chosen,
+        "points": grid_points,
+    }
+    if earlier_choice is not None:
+        grid_entry = {**earlier_choice, "chosen": chosen, "reused": "the chosen config was not searched again"}
     return {
         "model": _model_entry(per_seed, chosen, spec.description, settings),
-        "grid": {
-            "selection": f"validation {SELECTION_METRIC}, seed {tuning_seed}",
-            "chosen": chosen,
-            "points": grid_points,
-        },
+        "grid": grid_entry,
         "cold_items": _summarise([r["cold_items"] for r in per_seed]) if cold_points else {},
         "cold_points": len(cold_points),
+        "ranks": fits,
     }
 
 
@@ -476,7 +502,8 @@ def add_seeds(
       cold_threshold: as for `run_model`.
 
     Returns:
-      `{"model": entry with every seed, "cold_items": ..., "cold_points": n}`.
+      `{"model": entry with every seed, "cold_items": ..., "cold_points": n, "ranks": the added seeds'
+      target positions}`.
     """
     spec = REGISTRY[name]
     chosen = dict(entry["config"])
@@ -486,10 +513,12 @@ def add_seeds(
     cold_points = [p for p in split.test_points if p.target_item in cold]
     per_seed = list(entry["per_seed"])
     done = {r["seed"] for r in per_seed}
+    fits: dict[int, dict[str, str]] = {}
     for seed in (s for s in seeds if s not in done):
         print(f"[quality] model={name} seed={seed} adding a seed, config={json.dumps(chosen)}", flush=True)
         recommender, info = _fit(spec, name, chosen, split, seed, "", entry.get("settings"))
-        per_seed.append(_seed_record(name, recommender, info, seed, split, cold_points))
+        record, fits[seed] = _seed_record(name, recommender, info, seed, split, cold_points)
+        per_seed.append(record)
         del recommender
     per_seed.sort(key=lambda r: r["seed"])
     widened = {
@@ -500,6 +529,7 @@ def add_seeds(
         "model": widened,
         "cold_items": _summarise([r["cold_items"] for r in per_seed]) if cold_points else {},
         "cold_points": len(cold_points),
+        "ranks": fits,
     }
 
 
@@ -510,7 +540,10 @@ def _seed_record(
     seed: int,
     split: LeaveOneOutSplit,
     cold_points: Sequence[PredictionPoint],
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """One fit's record for `per_seed`, and its target positions per split (for the ranks file)."""
+    scored = {"validation": split.eval_points, "test": split.test_points}
+    rankings = {part: _rankings(recommender, points) for part, points in scored.items()}
     record = {
         "seed": seed,
         "train_s": info.train_s,
@@ -518,8 +551,7 @@ def _seed_record(
         "epochs": info.epochs,
         "best_epoch": info.best_epoch,
         "history": list(info.history),
-        "validation": evaluate(recommender, split.eval_points),
-        "test": evaluate(recommender, split.test_points),
+        **{part: ranking_metrics(rankings[part], [[p.target_item] for p in scored[part]]) for part in scored},
         "cold_items": evaluate(recommender, cold_points),
     }
     if info.choices:
@@ -540,7 +572,7 @@ def _seed_record(
         + " ".join(f"{m}={test[m]:.4f}" for m in METRIC_NAMES),
         flush=True,
     )
-    return record
+    return record, {part: ranks.target_positions(rankings[part], scored[part]) for part in scored}
 
 
 def _model_entry(
@@ -636,18 +668,27 @@ def run_benchmark(
     command: str = "",
     on_model_done: Callable[[str, Mapping[str, Any]], None] | None = None,
     extend: bool = False,
+    choices_from: str | None = None,
 ) -> dict[str, Any]:
     """Runs the models one after another, merging each into `output` as soon as it finishes.
 
     With `extend`, each model's existing entry in `output` gets the seeds it
     lacks (`add_seeds`) instead of being measured afresh; the run is logged
-    in the entry's `added_seeds`.
+    in the entry's `added_seeds`. With `choices_from` (another results file),
+    each model fits the config chosen there instead of searching its grid again.
+    Every fit's target positions go to `ranks.ranks_path(output)`, for paired
+    comparisons (`bench.quality.paired`).
     """
     models = list(models)
     unknown = [m for m in models if m not in REGISTRY]
     if unknown:
         raise KeyError(f"unknown model(s) {unknown}; registered: {sorted(REGISTRY)}")
     protocol = {**protocol_of(split, cold_threshold, dataset), "quick": quick}
+    fingerprints = {
+        "validation": ranks.points_fingerprint(split.eval_points),
+        "test": ranks.points_fingerprint(split.test_points),
+    }
+    earlier = _earlier_choices(choices_from, models, protocol) if choices_from else {}
     results: dict[str, Any] = load_results(output)
     for name in models:
         started = time.time()
@@ -663,14 +704,30 @@ def run_benchmark(
             log = {"seeds": added, **stamp, "wall_s": time.time() - started}
             run["model"]["added_seeds"] = [*run["model"].get("added_seeds", []), log]
         else:
-            run = run_model(name, split, seeds, quick=quick, cold_threshold=cold_threshold)
+            run = run_model(
+                name, split, seeds, quick=quick, cold_threshold=cold_threshold, earlier_choice=earlier.get(name)
+            )
             run["model"].update(stamp, wall_s=time.time() - started)
         results = merge_results(load_results(output), protocol, name, run)
         write_results(output, results)
+        positions = ranks.ranks_path(output)
+        ranks.write(positions, ranks.merge(ranks.load(positions), fingerprints, name, run["ranks"], replace=not extend))
         print(f"[quality] model={name} written to {output} ({time.time() - started:.0f}s)", flush=True)
         if on_model_done is not None:
             on_model_done(name, results)
     return results
+
+
+def _earlier_choices(path: str, models: Sequence[str], protocol: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each model's grid record in the results file at `path`, which must share the protocol."""
+    earlier = load_results(path)
+    differing = [k for k in (*PROTOCOL_KEYS, "quick") if earlier.get("protocol", {}).get(k) != protocol.get(k)]
+    if differing:
+        raise ValueError(f"{path} was measured under another protocol ({', '.join(differing)} differ)")
+    missing = [m for m in models if m not in earlier.get("grids", {})]
+    if missing:
+        raise KeyError(f"{path} has no grid choice for {missing}")
+    return {m: {**earlier["grids"][m], "reused_from": os.path.relpath(path, _REPO)} for m in models}
 
 
 def _extended_run(
