@@ -1,0 +1,216 @@
+"""Paired comparison of two entries of one results file, point by point.
+
+Every entry is scored on the same 943 validation and 943 test points. Its
+seed mean and std say how much the fit varies, but not how much the points
+themselves could have fallen otherwise: a point's NDCG@10 is 0 on most
+points, so one set's mean has a standard error near 0.008, larger than most
+ablation gaps. Comparing two entries point by point removes what the points
+share (easy users, hard users) and leaves the error of the difference.
+
+For entries A and B with per-seed, per-point values a[s, i] and b[s, i] (from
+their target positions, `bench.quality.ranks`):
+
+- the difference is mean(a) - mean(b);
+- its standard error adds the points' error and each entry's seed error:
+  se^2 = var_i(d_i) / n + var_s(mean_i a[s, i]) / S_a + var_s(mean_i b[s, i]) / S_b,
+  where d_i = mean_s a[s, i] - mean_s b[s, i]. d_i keeps a share of the seed
+  noise as well, so the sum errs on the large side;
+- the 95 % interval is the difference +- 1.96 se (943 points: the normal
+  approximation holds), and z = difference / se.
+
+`python -m bench.quality.paired --base interest_graph --models sasrec,...`
+compares each model with the base on test and validation and writes the
+comparisons to `bench/results/quality_paired_tests.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from bench.quality import ranks
+from trainer.metrics import METRIC_NAMES
+
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_RESULTS = os.path.join(_REPO, "bench", "results", "quality_paired.json")
+DEFAULT_OUTPUT = os.path.join(_REPO, "bench", "results", "quality_paired_tests.json")
+Z_95 = 1.959963984540054
+METHOD = (
+    "A - B = mean of A's per-point values (over seeds and points) - the same of B, on the same points; "
+    "se^2 = var_i(d_i)/n + var_s(A's seed means)/S_A + var_s(B's seed means)/S_B, with d_i the point's seed-averaged "
+    "A - B (it keeps a share of the seed noise too, so se errs on the large side); 95 % interval = A - B +- 1.96 se; "
+    "p two-sided, normal"
+)
+# The per-seed means recomputed from the positions must equal the recorded ones: the positions then belong to
+# the entry's fits. Only float summation order separates the two.
+_TOLERANCE = 1e-9
+
+
+def entry_values(
+    results: Mapping[str, Any], positions: Mapping[str, Any], name: str, split: str, metric: str
+) -> np.ndarray:
+    """An entry's per-point metric values, one row per seed that has positions.
+
+    Args:
+      results: a results file's content (`quality.json`'s shape).
+      positions: its ranks file's content.
+      name: the entry.
+      split: "validation" or "test".
+      metric: one of METRIC_NAMES.
+
+    Returns:
+      A [seeds, points] float array, seeds in the entry's order.
+
+    Raises:
+      KeyError: the entry, or positions for any of its seeds, are missing.
+      ValueError: a seed's positions do not give the entry's recorded metrics (they belong to other fits).
+    """
+    entry = results["models"][name]
+    fits = positions.get("models", {}).get(name, {})
+    rows = []
+    for record in entry["per_seed"]:
+        seed = str(record["seed"])
+        if seed not in fits:
+            raise KeyError(f"{name} seed {seed} has no target positions; it was fitted before they were recorded")
+        found = ranks.decode(fits[seed][split])
+        for each in METRIC_NAMES:
+            recomputed, recorded = float(ranks.point_values(found, each).mean()), record[split][each]
+            if abs(recomputed - recorded) > _TOLERANCE:
+                raise ValueError(
+                    f"{name} seed {seed}: the {split} positions give {each} {recomputed:.6f}, the entry records "
+                    f"{recorded:.6f}; the positions belong to other fits"
+                )
+        rows.append(ranks.point_values(found, metric))
+    return np.stack(rows)
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """The difference of two entries' means on the same points, with its standard error.
+
+    Args:
+      a: [seeds_a, points] per-point values of entry A.
+      b: [seeds_b, points] per-point values of entry B, the same points in the same order.
+
+    Returns:
+      `difference` (A minus B), `relative` (difference / mean of B), `se` and its parts
+      `se_points` and `se_seeds`, the 95 % interval `low`-`high`, `z`, the two-sided normal `p`,
+      and the counts of points where A's seed-averaged value is higher (`points_a_higher`) or lower.
+    """
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"the entries were scored on {a.shape[1]} and {b.shape[1]} points")
+    d = a.mean(axis=0) - b.mean(axis=0)
+    n = d.size
+    difference = float(d.mean())
+    se_points = float(d.std(ddof=1) / math.sqrt(n))
+    seed_var = sum(float(x.mean(axis=1).var(ddof=1)) / x.shape[0] if x.shape[0] > 1 else 0.0 for x in (a, b))
+    se = math.sqrt(se_points**2 + seed_var)
+    if se > 0:
+        z = difference / se
+    else:
+        z = math.copysign(math.inf, difference) if difference else 0.0
+    base = float(b.mean())
+    return {
+        "a_mean": float(a.mean()),
+        "b_mean": base,
+        "difference": difference,
+        "relative": difference / base if base else math.nan,
+        "se": se,
+        "se_points": se_points,
+        "se_seeds": math.sqrt(seed_var),
+        "low": difference - Z_95 * se,
+        "high": difference + Z_95 * se,
+        "z": z,
+        "p": math.erfc(abs(z) / math.sqrt(2)),
+        "points_a_higher": int((d > 0).sum()),
+        "points_a_lower": int((d < 0).sum()),
+        "points": n,
+        "seeds_a": int(a.shape[0]),
+        "seeds_b": int(b.shape[0]),
+    }
+
+
+def compare(
+    results: Mapping[str, Any],
+    positions: Mapping[str, Any],
+    base: str,
+    models: Sequence[str],
+    metrics: Sequence[str] = ("ndcg@10",),
+    splits: Sequence[str] = ranks.SPLITS,
+) -> list[dict[str, Any]]:
+    """`paired_difference` of each model (A) against the base (B), per split and metric."""
+    comparisons = []
+    for name in models:
+        for split in splits:
+            for metric in metrics:
+                a = entry_values(results, positions, name, split, metric)
+                b = entry_values(results, positions, base, split, metric)
+                comparisons.append({"a": name, "b": base, "split": split, "metric": metric, **paired_difference(a, b)})
+    return comparisons
+
+
+def markdown(comparisons: Sequence[Mapping[str, Any]]) -> str:
+    """The comparisons as a markdown table."""
+    header = ["A", "B", "split", "metric", "A", "B", "A - B", "95 % interval", "z", "p", "points A > B / A < B"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for c in comparisons:
+        cells = [
+            c["a"],
+            c["b"],
+            c["split"],
+            c["metric"],
+            f"{c['a_mean']:.4f}",
+            f"{c['b_mean']:.4f}",
+            f"{c['difference']:+.4f} ({c['relative']:+.1%})",
+            f"{c['low']:+.4f} to {c['high']:+.4f}",
+            f"{c['z']:+.2f}",
+            f"{c['p']:.3f}",
+            f"{c['points_a_higher']} / {c['points_a_lower']}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.quality.paired", description=__doc__.splitlines()[0])
+    parser.add_argument("--base", required=True, help="entry B, compared with each of --models")
+    parser.add_argument("--models", required=True, help="comma-separated entries A")
+    parser.add_argument("--results", default=DEFAULT_RESULTS, help="results file; its positions file lies beside it")
+    parser.add_argument("--metrics", default="ndcg@10", help=f"comma-separated, from: {', '.join(METRIC_NAMES)}")
+    parser.add_argument("--output", default=DEFAULT_OUTPUT, help="where the comparisons are written")
+    args = parser.parse_args(argv)
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    unknown = [m for m in metrics if m not in METRIC_NAMES]
+    if unknown:
+        parser.error(f"unknown metric(s) {unknown}; known: {list(METRIC_NAMES)}")
+    with open(args.results, encoding="utf-8") as f:
+        results = json.load(f)
+    positions = ranks.load(ranks.ranks_path(args.results))
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    comparisons = compare(results, positions, args.base, models, metrics)
+    print(markdown(comparisons))
+    command = ".venv/bin/python -m bench.quality.paired " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    record = {
+        "command": command.strip(),
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "results": os.path.relpath(os.path.abspath(args.results), _REPO),
+        "method": METHOD,
+        "comparisons": comparisons,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(args.output, "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=2)
+        f.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
