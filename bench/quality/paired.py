@@ -19,8 +19,8 @@ their target positions, `bench.quality.ranks`):
   approximation holds), and z = difference / se.
 
 `python -m bench.quality.paired --base interest_graph --models sasrec,...`
-compares each model with the base on test and validation and writes the
-comparisons to `bench/results/quality_paired_tests.json`.
+compares each model with the base on test and validation, writes the
+comparisons to `bench/results/quality_paired_tests.json` and draws them beside it (.png).
 """
 
 from __future__ import annotations
@@ -179,13 +179,49 @@ def markdown(comparisons: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def plot(comparisons: Sequence[Mapping[str, Any]], path: str) -> None:
+    """Each comparison's difference with its 95 % interval, one panel per split; zero dotted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    splits = list(dict.fromkeys(c["split"] for c in comparisons))
+    rows = list(dict.fromkeys((c["a"], c["b"], c["metric"]) for c in comparisons))
+    fig, axes = plt.subplots(
+        1, len(splits), figsize=(5 * len(splits), 0.6 * len(rows) + 1.6), sharey=True, squeeze=False
+    )
+    for axis, split in zip(axes[0], splits, strict=True):
+        for y, (a, b, metric) in enumerate(rows):
+            c = next(c for c in comparisons if (c["a"], c["b"], c["metric"], c["split"]) == (a, b, metric, split))
+            colour = "tab:green" if c["low"] > 0 else "tab:red" if c["high"] < 0 else "tab:grey"
+            axis.errorbar(
+                c["difference"],
+                y,
+                xerr=[[c["difference"] - c["low"]], [c["high"] - c["difference"]]],
+                fmt="o",
+                color=colour,
+                capsize=4,
+            )
+        axis.axvline(0.0, color="black", linestyle=":", linewidth=1)
+        axis.set_ylim(len(rows) - 0.5, -0.5)
+        axis.set_yticks(range(len(rows)), [f"{a}\n- {b} ({metric})" for a, b, metric in rows], fontsize="small")
+        axis.set_title(f"{split} ({comparisons[0]['points']} points)")
+        axis.set_xlabel("A - B, with its 95 % interval (points and seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.quality.paired", description=__doc__.splitlines()[0])
     parser.add_argument("--base", required=True, help="entry B, compared with each of --models")
     parser.add_argument("--models", required=True, help="comma-separated entries A")
     parser.add_argument("--results", default=DEFAULT_RESULTS, help="results file; its positions file lies beside it")
     parser.add_argument("--metrics", default="ndcg@10", help=f"comma-separated, from: {', '.join(METRIC_NAMES)}")
-    parser.add_argument("--output", default=DEFAULT_OUTPUT, help="where the comparisons are written")
+    parser.add_argument(
+        "--output", default=DEFAULT_OUTPUT, help="where the comparisons are written (their picture beside it, .png)"
+    )
     args = parser.parse_args(argv)
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     unknown = [m for m in metrics if m not in METRIC_NAMES]
@@ -209,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.output, "w", encoding="utf-8") as f:
         json.dump(record, f, indent=2)
         f.write("\n")
+    plot(comparisons, os.path.splitext(args.output)[0] + ".png")
     return 0
 
 

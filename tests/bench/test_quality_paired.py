@@ -136,3 +136,32 @@ def test_pairing_removes_what_the_points_share() -> None:
     unpaired = math.sqrt(a.mean(axis=0).var(ddof=1) / n + b.mean(axis=0).var(ddof=1) / n)
     assert result["se_points"] < unpaired / 10
     assert result["low"] > 0
+
+
+def test_the_paired_command_writes_its_comparisons_and_their_picture(tmp_path, monkeypatch, capsys) -> None:
+    split = _cooccurrence_split()
+    monkeypatch.setitem(h.REGISTRY, "pop", ModelSpec(lambda config: _SeededPopularity(config)))
+    monkeypatch.setitem(h.REGISTRY, "cooc", ModelSpec(lambda config: ItemCooccurrence(config)))
+    results_path = str(tmp_path / "quality.json")
+    h.run_benchmark(split, ["pop", "cooc"], seeds=[0, 1], output=results_path)
+    output = tmp_path / "tests.json"
+    argv = ["--base", "pop", "--models", "cooc", "--results", results_path, "--output", str(output)]
+    assert paired.main([*argv, "--metrics", "ndcg@10,hr@10"]) == 0
+    record = json.loads(output.read_text())
+    assert [(c["a"], c["b"], c["split"], c["metric"]) for c in record["comparisons"]] == [
+        ("cooc", "pop", "validation", "ndcg@10"),
+        ("cooc", "pop", "validation", "hr@10"),
+        ("cooc", "pop", "test", "ndcg@10"),
+        ("cooc", "pop", "test", "hr@10"),
+    ]
+    with open(results_path) as f:
+        models = json.load(f)["models"]
+    test_ndcg = record["comparisons"][2]
+    assert test_ndcg["difference"] == pytest.approx(
+        models["cooc"]["ndcg@10"]["mean"] - models["pop"]["ndcg@10"]["mean"]
+    )
+    assert record["command"].startswith(".venv/bin/python -m bench.quality.paired --base pop")
+    assert (tmp_path / "tests.png").stat().st_size > 0
+    assert "| cooc | pop | test | ndcg@10 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        paired.main([*argv, "--metrics", "ndcg@11"])
