@@ -718,10 +718,15 @@ def run_benchmark(
     return results
 
 
+def _protocol_differences(earlier: Mapping[str, Any], protocol: Mapping[str, Any]) -> list[str]:
+    """The protocol keys (and `quick`) on which two runs differ, so that one cannot extend or reuse the other."""
+    return [k for k in (*PROTOCOL_KEYS, "quick") if earlier.get(k) != protocol.get(k)]
+
+
 def _earlier_choices(path: str, models: Sequence[str], protocol: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """Each model's grid record in the results file at `path`, which must share the protocol."""
     earlier = load_results(path)
-    differing = [k for k in (*PROTOCOL_KEYS, "quick") if earlier.get("protocol", {}).get(k) != protocol.get(k)]
+    differing = _protocol_differences(earlier.get("protocol", {}), protocol)
     if differing:
         raise ValueError(f"{path} was measured under another protocol ({', '.join(differing)} differ)")
     missing = [m for m in models if m not in earlier.get("grids", {})]
@@ -741,8 +746,7 @@ def _extended_run(
     entry = existing.get("models", {}).get(name)
     if entry is None:
         raise KeyError(f"no entry for {name} to add seeds to; run it without extending first")
-    old_protocol = existing.get("protocol", {})
-    differing = [k for k in (*PROTOCOL_KEYS, "quick") if old_protocol.get(k) != protocol.get(k)]
+    differing = _protocol_differences(existing.get("protocol", {}), protocol)
     if differing:
         raise ValueError(f"{name}'s entry was measured under another protocol ({', '.join(differing)} differ)")
     return add_seeds(name, entry, split, seeds, cold_threshold)

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.quality import ranks
+from bench.quality import harness, ranks
 from trainer.metrics import METRIC_NAMES
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -55,20 +55,18 @@ METHOD = (
 _TOLERANCE = 1e-9
 
 
-def entry_values(
-    results: Mapping[str, Any], positions: Mapping[str, Any], name: str, split: str, metric: str
-) -> np.ndarray:
-    """An entry's per-point metric values, one row per seed that has positions.
+def entry_positions(results: Mapping[str, Any], positions: Mapping[str, Any], name: str, split: str) -> np.ndarray:
+    """An entry's per-point target positions, one row per seed, checked against its recorded metrics.
 
     Args:
       results: a results file's content (`quality.json`'s shape).
       positions: its ranks file's content.
       name: the entry.
       split: "validation" or "test".
-      metric: one of METRIC_NAMES.
 
     Returns:
-      A [seeds, points] float array, seeds in the entry's order.
+      A [seeds, points] int array, seeds in the entry's order; `ranks.point_values` turns it into a metric's
+      per-point values.
 
     Raises:
       KeyError: the entry, or positions for any of its seeds, are missing.
@@ -89,7 +87,7 @@ def entry_values(
                     f"{name} seed {seed}: the {split} positions give {each} {recomputed:.6f}, the entry records "
                     f"{recorded:.6f}; the positions belong to other fits"
                 )
-        rows.append(ranks.point_values(found, metric))
+        rows.append(found)
     return np.stack(rows)
 
 
@@ -147,12 +145,13 @@ def compare(
     splits: Sequence[str] = ranks.SPLITS,
 ) -> list[dict[str, Any]]:
     """`paired_difference` of each model (A) against the base (B), per split and metric."""
+    found = {(n, split): entry_positions(results, positions, n, split) for n in {base, *models} for split in splits}
     comparisons = []
     for name in models:
         for split in splits:
             for metric in metrics:
-                a = entry_values(results, positions, name, split, metric)
-                b = entry_values(results, positions, base, split, metric)
+                a = ranks.point_values(found[name, split], metric)
+                b = ranks.point_values(found[base, split], metric)
                 comparisons.append({"a": name, "b": base, "split": split, "metric": metric, **paired_difference(a, b)})
     return comparisons
 
@@ -241,10 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         "method": METHOD,
         "comparisons": comparisons,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w", encoding="utf-8") as f:
-        json.dump(record, f, indent=2)
-        f.write("\n")
+    harness.write_results(args.output, record)
     plot(comparisons, os.path.splitext(args.output)[0] + ".png")
     return 0
 

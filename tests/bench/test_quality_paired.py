@@ -50,7 +50,7 @@ def test_harness_keeps_each_fits_positions_beside_the_results(tmp_path, monkeypa
     positions = ranks.load(positions_path)
     assert list(positions["models"]["pop"]) == ["0", "1", "2"]
     assert positions["points"]["test"] == ranks.points_fingerprint(split.test_points)
-    values = paired.entry_values(results, positions, "pop", "test", "ndcg@10")
+    values = ranks.point_values(paired.entry_positions(results, positions, "pop", "test"), "ndcg@10")
     assert values.shape == (3, len(split.test_points))
     assert values.mean(axis=1) == pytest.approx([r["test"]["ndcg@10"] for r in results["models"]["pop"]["per_seed"]])
 
@@ -60,10 +60,10 @@ def test_harness_keeps_each_fits_positions_beside_the_results(tmp_path, monkeypa
     tampered = json.loads(json.dumps(positions))
     tampered["models"]["pop"]["0"]["test"] = encoded[:hit] + "0" + encoded[hit + 1 :]
     with pytest.raises(ValueError, match="pop seed 0: the test positions give"):
-        paired.entry_values(results, tampered, "pop", "test", "ndcg@10")
+        paired.entry_positions(results, tampered, "pop", "test")
     del tampered["models"]["pop"]["2"]
     with pytest.raises(KeyError, match="pop seed 2 has no target positions"):
-        paired.entry_values(results, tampered, "pop", "validation", "hr@10")
+        paired.entry_positions(results, tampered, "pop", "validation")
 
     # A fresh run of the model replaces its positions with the new fits'.
     h.run_benchmark(split, ["pop"], seeds=[0], output=output)
