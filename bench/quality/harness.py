@@ -261,6 +261,21 @@ for _name, _config, _what in (
     )
 
 
+# Session 22's ablations of the shipped default on its current settings (up to 10 epochs, as the default's
+# second measurement in `quality_paired.json`), for the paired test: the sessions 16-17 entries above
+# trained up to 12 epochs, and one of their single-interest fits restored its 12th.
+for _name, _config, _what in (
+    ("interest_graph_ablation_single_interest", {"num_interests": 1}, "with a single interest vector"),
+    ("interest_graph_ablation_no_text", {"use_text": False}, "without the BERT text view of items"),
+):
+    REGISTRY[_name] = ModelSpec(
+        _interest_graph,
+        grid=[_config],
+        description=_INTEREST_GRAPH + " (the shipped defaults, " + _what + ")",
+        quick=_INTEREST_QUICK,
+    )
+
+
 # A tuning budget for the model (4 points, chosen on validation NDCG@10 like SASRec's 8); it ran on
 # the single-interest model.
 INTEREST_GRAPH_GRID = [
