@@ -4,9 +4,11 @@
 2. Convert MovieLens into the documented event and item format.
 3. Run the TFX pipeline (ExampleGen ... Pusher) on LocalDagRunner.
 4. Start the model server on the pushed model as a subprocess.
-5. Replay over gRPC: for every user, record the history before the held-out
-   (test) event, recommend, then record the held-out event and recommend
-   again. Metrics come from these served recommendations.
+5. Replay over gRPC: for every user, record the events strictly before the
+   held-out (test) event's timestamp, recommend, then record the rest and the
+   held-out event and recommend again. Metrics come from these served
+   recommendations, under the protocol of the pipeline's evaluation and
+   `bench/quality`.
 6. Add two films from after MovieLens' time, which the model never saw
    (`add_items`, the `encode_items` signature), and show how users who
    watched their predecessors rank them against everyone else.
@@ -88,37 +90,69 @@ def start_model_server(model_base_path: str, model_name: str, port: int, log_pat
     raise TimeoutError(f"the model server did not load a model within 180 s; see {log_path}")
 
 
-def split_held_out(events: list[Event]) -> dict[str, tuple[list[Event], Event]]:
-    """Per user: (history before the held-out event, the held-out event), as the pipeline splits."""
+@dataclasses.dataclass(frozen=True)
+class HeldOutEvent:
+    """A user's held-out (test) event and what came before it.
+
+    Attributes:
+      visible: the events strictly before the held-out event's timestamp,
+        all the model may see when it predicts.
+      tied: the events before it in the order that share its timestamp.
+        MovieLens users rate many films in one second, ordered within it
+        only by event id; as in the pipeline's subgraphs and
+        `bench/quality`, the model is not shown them and they are not
+        recommended (a prediction sees nothing at its own moment).
+      event: the held-out event.
+    """
+
+    visible: list[Event]
+    tied: list[Event]
+    event: Event
+
+    @property
+    def history(self) -> list[Event]:
+        """Every event before the held-out one, in order."""
+        return self.visible + self.tied
+
+
+def split_held_out(events: list[Event]) -> dict[str, HeldOutEvent]:
+    """Per user, the last event in the order held out, as the pipeline splits."""
     by_user: dict[str, list[Event]] = defaultdict(list)
     for e in events:
         by_user[e.user_id].append(e)
     split = {}
     for user_id, history in by_user.items():
         history.sort(key=event_order)
-        split[user_id] = (history[:-1], history[-1])
+        *before, event = history
+        visible = [e for e in before if e.timestamp < event.timestamp]
+        split[user_id] = HeldOutEvent(visible, before[len(visible) :], event)
     return split
 
 
-def replay(client: InterestClient, held_out: dict[str, tuple[list[Event], Event]], users: list[str]) -> dict[str, Any]:
+def replay(client: InterestClient, held_out: dict[str, HeldOutEvent], users: list[str]) -> dict[str, Any]:
     """Replays held-out events through the client; returns rankings and latencies."""
     rankings, targets, latencies_ms, showcase = [], [], [], []
     started = time.time()
     for n, user_id in enumerate(users, start=1):
-        history, test_event = held_out[user_id]
-        client.record(history)
-        before = client.recommend(user_id, MAX_CUTOFF)
+        held = held_out[user_id]
+        client.record(held.visible)
+        # The tied events are left out of the ranking as if seen, without being shown to the model.
+        tied_items = {e.item_id for e in held.tied}
+        served = client.recommend(user_id, MAX_CUTOFF + len(tied_items))
+        before = [r for r in served if r.item_id not in tied_items][:MAX_CUTOFF]
         rankings.append([r.item_id for r in before])
-        targets.append([test_event.item_id])
+        targets.append([held.event.item_id])
+        if held.tied:
+            client.record(held.tied)
         t0 = time.perf_counter()
-        client.record([test_event])
+        client.record([held.event])
         latencies_ms.append((time.perf_counter() - t0) * 1000)
         if len(showcase) < SHOWCASE_USERS:
             after = client.recommend(user_id, 5)
             showcase.append(
                 {
                     "user_id": user_id,
-                    "new_event": test_event.to_dict(),
+                    "new_event": held.event.to_dict(),
                     "before": [r.item_id for r in before[:5]],
                     "after": [r.item_id for r in after],
                 }
@@ -129,14 +163,14 @@ def replay(client: InterestClient, held_out: dict[str, tuple[list[Event], Event]
 
 
 def new_films_showcase(
-    client: InterestClient, held_out: dict[str, tuple[list[Event], Event]], users: list[str], n_items: int
+    client: InterestClient, held_out: dict[str, HeldOutEvent], users: list[str], n_items: int
 ) -> list[dict[str, Any]]:
     """Adds NEW_FILMS and compares their rank for users who watched the predecessor with everyone else's."""
     result = client.add_items(item for item, _ in NEW_FILMS)
     ranks: dict[str, dict[bool, list[int]]] = {item.item_id: {True: [], False: []} for item, _ in NEW_FILMS}
     for user_id in users:
-        history, test_event = held_out[user_id]
-        watched = {e.item_id for e in history} | {test_event.item_id}
+        held = held_out[user_id]
+        watched = {e.item_id for e in held.history} | {held.event.item_id}
         ranking = [r.item_id for r in client.recommend(user_id, n_items + len(NEW_FILMS))]
         for item, predecessor in NEW_FILMS:
             ranks[item.item_id][predecessor in watched].append(ranking.index(item.item_id) + 1)
@@ -157,7 +191,7 @@ def new_films_showcase(
 
 def interest_timeline(
     client: InterestClient,
-    held_out: dict[str, tuple[list[Event], Event]],
+    held_out: dict[str, HeldOutEvent],
     user_id: str,
     titles: dict[str, str],
     path: str,
@@ -166,8 +200,7 @@ def interest_timeline(
 
     The user is replayed under a separate id so the replay above is untouched.
     """
-    history, test_event = held_out[user_id]
-    events = history + [test_event]
+    events = held_out[user_id].history + [held_out[user_id].event]
     alias = f"{user_id}#timeline"
     renamed = [dataclasses.replace(e, user_id=alias, event_id=f"{e.event_id}#timeline") for e in events]
     client.record(renamed[:-TIMELINE_EVENTS])
@@ -253,7 +286,7 @@ def run_demo(output_dir: str, trainer: dict[str, Any] | None = None, max_users: 
 
     counts = {e.item.item_id: e.train_count for e in read_catalog(catalog_path(run.graph_examples_uri))}
     popular = items_by_popularity(counts)
-    popularity = [popularity_ranking(popular, {e.item_id for e in held_out[u][0]}) for u in users]
+    popularity = [popularity_ranking(popular, {e.item_id for e in held_out[u].history}) for u in users]
     latencies = np.array(result["latencies_ms"])
     summary = {
         "dataset": "MovieLens-100k (recbole==1.2.1 wheel)",
@@ -265,7 +298,8 @@ def run_demo(output_dir: str, trainer: dict[str, Any] | None = None, max_users: 
         "protocol": {
             "split": "chronological leave-one-out per user: last event test, the one before validation, rest train",
             "ranking": "full ranking over all items the user has not interacted with before the test event",
-            "served": "test metrics come from recommendations served over gRPC after replaying each user's history",
+            "served": "test metrics come from recommendations served over gRPC after replaying each user's events "
+            "strictly before the test event's timestamp (events tied with it are neither shown nor recommended)",
             "users_evaluated": len(users),
         },
         "metrics": {

@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import get_model_metadata_pb2, prediction_service_pb2_grpc
 
-from interest_graph.demo import start_model_server
+from interest_graph.demo import replay, split_held_out, start_model_server
 from pipeline.config import PipelineConfig
 from pipeline.runner import run_pipeline
 from schemas import signatures as s
@@ -23,6 +23,7 @@ from schemas.events import Event, RejectedRecord, read_events, read_items
 from serving.client import InterestClient
 from serving.interest_store import SqliteInterestStore
 from serving.ports import free_port
+from trainer.metrics import MAX_CUTOFF
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -178,6 +179,40 @@ def test_client_records_events_and_recommends_over_grpc(server: str, pipeline_ru
         assert client.score("1", ["sequel"])["sequel"] == pytest.approx(
             {r.item_id: r.score for r in everything}["sequel"], rel=1e-5
         )
+
+
+def test_demo_replay_ranks_from_the_events_before_the_held_out_moment_only(
+    server: str, pipeline_run: dict, movielens_slice, tmp_path
+) -> None:
+    config = pipeline_run["config"]
+    events = [e for e in read_events(os.path.join(movielens_slice["events_dir"], "events.csv")) if isinstance(e, Event)]
+    history = sorted((e for e in events if e.user_id == "1"), key=lambda e: (e.timestamp, e.event_id))
+    # The user's last three events in one second, as MovieLens users often rate.
+    moment = history[-1].timestamp
+    events = history[:-3] + [dataclasses.replace(e, timestamp=moment) for e in history[-3:]]
+    held = split_held_out(events)["1"]
+    assert len(held.tied) == 2 and held.visible == history[:-3]
+    tied_items = {e.item_id for e in held.tied}
+
+    def as_user(user_id: str, shown: list[Event]) -> list[Event]:
+        return [dataclasses.replace(e, user_id=user_id, event_id=f"{e.event_id}#{user_id}") for e in shown]
+
+    store = SqliteInterestStore(str(tmp_path / "state.sqlite"))
+    store.upsert_items(read_items(config.items_path)[0])
+    with InterestClient(server, store, config.model_name, config.window) as client:
+        result = replay(client, {"1": held}, ["1"])
+        ranking = result["rankings"][0]
+        assert result["targets"] == [[held.event.item_id]] and len(ranking) == MAX_CUTOFF
+        assert not set(ranking) & {e.item_id for e in held.history}
+        assert store.load_state("1").event_count == len(events)
+
+        # The same ranking as a user shown only the visible events, with the tied items set aside ...
+        client.record(as_user("visible-only", held.visible))
+        served = client.recommend("visible-only", MAX_CUTOFF + len(tied_items))
+        assert ranking == [r.item_id for r in served if r.item_id not in tied_items][:MAX_CUTOFF]
+        # ... and not that of a user who was also shown the tied events.
+        client.record(as_user("shown-tied", held.history))
+        assert ranking != [r.item_id for r in client.recommend("shown-tied", MAX_CUTOFF)]
 
 
 def test_cli_record_and_recommend(server: str, pipeline_run: dict, tmp_path) -> None:
