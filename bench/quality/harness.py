@@ -267,6 +267,7 @@ for _name, _config, _what in (
 for _name, _config, _what in (
     ("interest_graph_ablation_single_interest", {"num_interests": 1}, "with a single interest vector"),
     ("interest_graph_ablation_no_text", {"use_text": False}, "without the BERT text view of items"),
+    ("interest_graph_ablation_no_time", {"use_time": False}, "without the event time encoding"),
 ):
     REGISTRY[_name] = ModelSpec(
         _interest_graph,
