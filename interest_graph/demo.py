@@ -144,16 +144,19 @@ def replay(client: InterestClient, held_out: dict[str, HeldOutEvent], users: lis
         targets.append([held.event.item_id])
         if held.tied:
             client.record(held.tied)
+        showing = len(showcase) < SHOWCASE_USERS
+        # The showcase shows what one new event changes, so its "before" already holds the tied events.
+        shown_before = client.recommend(user_id, 5) if showing and held.tied else before[:5]
         t0 = time.perf_counter()
         client.record([held.event])
         latencies_ms.append((time.perf_counter() - t0) * 1000)
-        if len(showcase) < SHOWCASE_USERS:
+        if showing:
             after = client.recommend(user_id, 5)
             showcase.append(
                 {
                     "user_id": user_id,
                     "new_event": held.event.to_dict(),
-                    "before": [r.item_id for r in before[:5]],
+                    "before": [r.item_id for r in shown_before],
                     "after": [r.item_id for r in after],
                 }
             )

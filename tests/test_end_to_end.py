@@ -212,7 +212,11 @@ def test_demo_replay_ranks_from_the_events_before_the_held_out_moment_only(
         assert ranking == [r.item_id for r in served if r.item_id not in tied_items][:MAX_CUTOFF]
         # ... and not that of a user who was also shown the tied events.
         client.record(as_user("shown-tied", held.history))
-        assert ranking != [r.item_id for r in client.recommend("shown-tied", MAX_CUTOFF)]
+        shown_tied = [r.item_id for r in client.recommend("shown-tied", MAX_CUTOFF)]
+        assert ranking != shown_tied
+        # The showcase shows what the one new event changes: its "before" already holds the tied events.
+        (case,) = result["showcase"]
+        assert case["new_event"] == held.event.to_dict() and case["before"] == shown_tied[:5]
 
 
 def test_cli_record_and_recommend(server: str, pipeline_run: dict, tmp_path) -> None:
