@@ -203,7 +203,8 @@ def interest_timeline(
 
     The user is replayed under a separate id so the replay above is untouched.
     """
-    events = held_out[user_id].history + [held_out[user_id].event]
+    held = held_out[user_id]
+    events = held.history + [held.event]
     alias = f"{user_id}#timeline"
     renamed = [dataclasses.replace(e, user_id=alias, event_id=f"{e.event_id}#timeline") for e in events]
     client.record(renamed[:-TIMELINE_EVENTS])

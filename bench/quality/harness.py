@@ -232,7 +232,7 @@ REGISTRY["interest_graph_soft_interests"] = ModelSpec(
 )
 
 
-# Session 20's ablations of the shipped default, on its current settings (no epoch pin). The sequence-only
+# Session 20's and 22's ablations of the shipped default, on its current settings (no epoch pin). The sequence-only
 # ablation above keeps the interests' own attention pooling of the events, and the single-interest one keeps the
 # event -> user round: each removes one of two attentions from the events to the user and leaves the other. The
 # first entry removes both: the user's state is the latest event's in-window context plus the memory's readout,
@@ -252,19 +252,9 @@ for _name, _config, _what in (
         "without the event <-> event attention within the window: each event enters the event -> user round and"
         " the interests' poolings on its own",
     ),
-):
-    REGISTRY[_name] = ModelSpec(
-        _interest_graph,
-        grid=[_config],
-        description=_INTEREST_GRAPH + " (the shipped defaults, " + _what + ")",
-        quick=_INTEREST_QUICK,
-    )
-
-
-# Session 22's ablations of the shipped default on its current settings (up to 10 epochs, as the default's
-# second measurement in `quality_paired.json`), for the paired test: the sessions 16-17 entries above
-# trained up to 12 epochs, and one of their single-interest fits restored its 12th.
-for _name, _config, _what in (
+    # Session 22's, on the same footing (up to 10 epochs, as the default's second measurement in
+    # `quality_paired.json`), for the paired test: the sessions 16-17 entries above trained up to 12 epochs, and
+    # one of their single-interest fits restored its 12th.
     ("interest_graph_ablation_single_interest", {"num_interests": 1}, "with a single interest vector"),
     ("interest_graph_ablation_no_text", {"use_text": False}, "without the BERT text view of items"),
     ("interest_graph_ablation_no_time", {"use_time": False}, "without the event time encoding"),
