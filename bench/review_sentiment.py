@@ -24,14 +24,14 @@ import shutil
 import sys
 import time
 
+from bench import REPO_ROOT
+
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import tensorflow as tf  # noqa: E402
 
 from pipeline.assets import DEFAULT_ASSETS_DIR  # noqa: E402
 from trainer.review_sentiment import train_review_sentiment  # noqa: E402
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _machine() -> dict[str, object]:

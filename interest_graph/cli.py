@@ -151,7 +151,7 @@ def _add_items(args: argparse.Namespace) -> int:
 
 def _recommend(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        recommendations = client.recommend(args.user, args.k)
+        recommendations = client.recommend(args.user, args.k, exclude=args.exclude)
         for rank, r in enumerate(recommendations, start=1):
             item = client.store.item(r.item_id)
             title = f"  {item.title}" if item else ""
@@ -331,6 +331,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     recommend.add_argument("--user", required=True, help="user id")
     recommend.add_argument("--k", type=int, default=10, help="how many items (default 10)")
+    recommend.add_argument(
+        "--exclude",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="ITEM_ID",
+        help="further item ids to leave out (e.g. what is already in the cart); still returns k items",
+    )
     client_args(recommend)
     recommend.set_defaults(func=_recommend)
 

@@ -137,9 +137,7 @@ def replay(client: InterestClient, held_out: dict[str, HeldOutEvent], users: lis
         held = held_out[user_id]
         client.record(held.visible)
         # The tied events are left out of the ranking as if seen, without being shown to the model.
-        tied_items = {e.item_id for e in held.tied}
-        served = client.recommend(user_id, MAX_CUTOFF + len(tied_items))
-        before = [r for r in served if r.item_id not in tied_items][:MAX_CUTOFF]
+        before = client.recommend(user_id, MAX_CUTOFF, exclude={e.item_id for e in held.tied})
         rankings.append([r.item_id for r in before])
         targets.append([held.event.item_id])
         if held.tied:

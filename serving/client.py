@@ -530,7 +530,7 @@ class InterestClient:
             self._added_items_cache = ((model_version, revision), table)
         return table
 
-    def recommend(self, user_id: str, k: int = 10) -> list[Recommendation]:
+    def recommend(self, user_id: str, k: int = 10, exclude: Iterable[str] = ()) -> list[Recommendation]:
         """Top-k items for the user, excluding items the user already interacted with.
 
         A user the store has never seen gets recommendations from an empty
@@ -539,17 +539,32 @@ class InterestClient:
         it is recomputed first so state and item vectors always match. Items
         added after training (`add_items`) compete with the model's own, scored
         as `score` scores them.
+
+        Args:
+          user_id: whose interest state ranks the catalog.
+          k: how many items to return.
+          exclude: further items to leave out, e.g. what is already on the page
+            or in the cart. The model drops them before it takes the top k, so
+            the caller gets k items without over-fetching. Unknown ids are ignored.
+
+        Returns:
+          Up to k recommendations, best first.
         """
         if k <= 0:
             raise ValueError(f"k must be positive, got {k}")
+        if isinstance(exclude, str | bytes):
+            # A lone id would otherwise be read as its characters.
+            raise TypeError(f"exclude must be a collection of item ids, not one id ({exclude!r})")
+        extra = set(exclude)
+        if not all(isinstance(i, str) for i in extra):
+            raise TypeError(f"exclude must hold item ids as strings, got {sorted(map(repr, extra))[:5]}")
         state = self.interest_state(user_id)
         events = self.store.user_events(user_id)
-        seen_items = {e.item_id for e in events}
-        seen = sorted(seen_items) or [s.PADDING_ITEM_ID]
+        excluded = {e.item_id for e in events} | extra
         inputs = {
             s.INTEREST_STATE: state.state[None],
             s.RECENT_ITEM_IDS: self.recent_item_ids(events),
-            s.EXCLUDE_ITEM_IDS: np.array([seen], dtype=object),
+            s.EXCLUDE_ITEM_IDS: np.array([sorted(excluded) or [s.PADDING_ITEM_ID]], dtype=object),
             s.K: np.array([k], dtype=np.int32),
         }
         outputs, version = self._predict(s.RECOMMEND, inputs)
@@ -563,7 +578,7 @@ class InterestClient:
             for item, score in zip(outputs[s.ITEM_IDS][0], outputs[s.SCORES][0], strict=False)
             if item
         ]
-        added = self._added_items(version).best(state.state, k, seen_items)
+        added = self._added_items(version).best(state.state, k, excluded)
         ranked += [Recommendation(i, v) for i, v in added]
         return sorted(ranked, key=lambda r: -r.score)[:k]
 

@@ -129,6 +129,13 @@ def test_client_records_events_and_recommends_over_grpc(server: str, pipeline_ru
         assert not {r.item_id for r in before} & {e.item_id for e in history}
         assert {r.item_id for r in before} <= catalog
         assert [r.score for r in before] == sorted((r.score for r in before), reverse=True)
+        # Items the caller excludes (say, what is in the cart) are dropped before the top k is taken.
+        cart = [before[0].item_id, before[3].item_id, "no-such-item"]
+        trimmed = [r.item_id for r in client.recommend("1", k=10, exclude=cart)]
+        assert len(trimmed) == 10 and not set(cart) & set(trimmed)
+        assert trimmed[:8] == [r.item_id for r in before if r.item_id not in cart]
+        with pytest.raises(TypeError, match="not one id"):
+            client.recommend("1", exclude=before[0].item_id)
 
         # The new event is folded in: the state is recomputed and the item is excluded from now on.
         result = client.record([history[-1]])
@@ -176,6 +183,7 @@ def test_client_records_events_and_recommends_over_grpc(server: str, pipeline_ru
         assert added.encoded == ["sequel"] and added.model_version == version
         everything = client.recommend("1", k=len(catalog) + 1)
         assert "sequel" in {r.item_id for r in everything}
+        assert "sequel" not in {r.item_id for r in client.recommend("1", k=len(catalog) + 1, exclude=["sequel"])}
         assert client.score("1", ["sequel"])["sequel"] == pytest.approx(
             {r.item_id: r.score for r in everything}["sequel"], rel=1e-5
         )
@@ -240,6 +248,15 @@ def test_cli_record_and_recommend(server: str, pipeline_run: dict, tmp_path) -> 
     assert recommend.returncode == 0, recommend.stderr[-2000:]
     lines = [line for line in recommend.stdout.splitlines() if line.strip()]
     assert len(lines) == 3 and lines[0].lstrip().startswith("1.")
+    ranked = [line.split()[1] for line in lines]
+    without_top = subprocess.run(
+        cli + ["recommend", "--user", "cli-user", "--k", "3", "--exclude", ranked[0]] + common,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert without_top.returncode == 0, without_top.stderr[-2000:]
+    assert [line.split()[1] for line in without_top.stdout.splitlines() if line.strip()][:2] == ranked[1:]
     interests = subprocess.run(
         cli + ["interests", "--user", "cli-user", "--json"] + common, capture_output=True, text=True, cwd=REPO
     )

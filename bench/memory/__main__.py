@@ -29,13 +29,13 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from bench import REPO_ROOT
 from bench.serving.model import existing_model, load_movielens, trained_model
 from schemas import signatures as s
 from schemas.events import Event
 from schemas.graph import EventWindowConfig, event_order, recent_item_ids
 from schemas.memory import MemoryCheckpoint, checkpoint_after, interest_request, plan_update
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_OUTPUT = os.path.join(REPO_ROOT, "bench", "results", "memory_consistency.json")
 # Relative difference (L2 norm of the difference over the norm of the full
 # recomputation's) accepted between the incremental and the recomputed

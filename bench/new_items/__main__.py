@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from bench import REPO_ROOT
 from bench.serving.model import existing_model, load_movielens, trained_model
 from bench.serving.server import ServerProcess
 from schemas import signatures as s
@@ -41,7 +42,6 @@ from schemas.events import Event, Item
 from serving.client import InterestClient
 from serving.interest_store import SqliteInterestStore
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_OUTPUT = os.path.join(REPO_ROOT, "bench", "results", "new_items.json")
 BATCH_SIZES = (1, 8, 32)
 ADDED_COUNTS = (0, 100, 1_000, 10_000)

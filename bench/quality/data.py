@@ -28,13 +28,13 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 
 import schemas  # noqa: F401  (sets TF_USE_LEGACY_KERAS before anything imports TensorFlow)
+from bench import REPO_ROOT
 from schemas.events import Event, Item, RejectedRecord, read_events, read_items
 from schemas.graph import event_order, select_event_window
 
 DEFAULT_WINDOW = 50
 DEFAULT_COLD_THRESHOLD = 5
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DEFAULT_CACHE_DIR = os.path.join(_REPO, ".cache", "bench", "quality")
+DEFAULT_CACHE_DIR = os.path.join(REPO_ROOT, ".cache", "bench", "quality")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,13 +26,13 @@ from typing import Any
 
 import numpy as np
 
+from bench import REPO_ROOT
 from bench.quality import FitInfo, ModelSpec, Recommender, ScoringVariants, ranks
 from bench.quality.data import DEFAULT_COLD_THRESHOLD, LeaveOneOutSplit, PredictionPoint
 from trainer.metrics import MAX_CUTOFF, METRIC_NAMES, ranking_metrics
 
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DEFAULT_OUTPUT = os.path.join(_REPO, "bench", "results", "quality.json")
-QUICK_OUTPUT = os.path.join(_REPO, "bench", "results", "quality.quick.json")
+DEFAULT_OUTPUT = os.path.join(REPO_ROOT, "bench", "results", "quality.json")
+QUICK_OUTPUT = os.path.join(REPO_ROOT, "bench", "results", "quality.quick.json")
 SELECTION_METRIC = "ndcg@10"
 # Keys of `protocol` that must agree for two runs to share one results file.
 PROTOCOL_KEYS = ("dataset", "users", "items", "events", "window", "eval_points", "test_points", "cold_threshold")
@@ -738,7 +738,7 @@ def _earlier_choices(path: str, models: Sequence[str], protocol: Mapping[str, An
     missing = [m for m in models if m not in earlier.get("grids", {})]
     if missing:
         raise KeyError(f"{path} has no grid choice for {missing}")
-    return {m: {**earlier["grids"][m], "reused_from": os.path.relpath(path, _REPO)} for m in models}
+    return {m: {**earlier["grids"][m], "reused_from": os.path.relpath(path, REPO_ROOT)} for m in models}
 
 
 def _extended_run(

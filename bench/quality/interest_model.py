@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from bench import REPO_ROOT
 from bench.quality import FitInfo
 from bench.quality.data import LeaveOneOutSplit, PredictionPoint
 from pipeline.assets import MINILM, asset_dir
@@ -34,8 +35,7 @@ from trainer.config import TrainerConfig
 from trainer.task import TrainingInputs, train
 from trainer.validation_ranking import VALIDATION_METRIC
 
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TEXT_CACHE_DIR = os.path.join(_REPO, ".cache", "cache")
+TEXT_CACHE_DIR = os.path.join(REPO_ROOT, ".cache", "cache")
 
 
 def _write_examples(split: LeaveOneOutSplit, root: str) -> dict[str, str]:

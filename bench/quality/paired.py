@@ -37,12 +37,12 @@ from typing import Any
 
 import numpy as np
 
+from bench import REPO_ROOT
 from bench.quality import harness, ranks
 from trainer.metrics import METRIC_NAMES
 
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DEFAULT_RESULTS = os.path.join(_REPO, "bench", "results", "quality_paired.json")
-DEFAULT_OUTPUT = os.path.join(_REPO, "bench", "results", "quality_paired_tests.json")
+DEFAULT_RESULTS = os.path.join(REPO_ROOT, "bench", "results", "quality_paired.json")
+DEFAULT_OUTPUT = os.path.join(REPO_ROOT, "bench", "results", "quality_paired_tests.json")
 Z_95 = 1.959963984540054
 METHOD = (
     "A - B = mean of A's per-point values (over seeds and points) - the same of B, on the same points; "
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "command": command.strip(),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "results": os.path.relpath(os.path.abspath(args.results), _REPO),
+        "results": os.path.relpath(os.path.abspath(args.results), REPO_ROOT),
         "method": METHOD,
         "comparisons": comparisons,
     }

@@ -17,8 +17,9 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from bench import REPO_ROOT
 from bench.serving.inprocess import InProcessModel, build_inputs, run_threads
-from bench.serving.model import REPO_ROOT, ServedModel
+from bench.serving.model import ServedModel
 from bench.serving.server import BATCHING_PARAMETERS_FILE, ServerProcess
 from bench.serving.stats import summarize, targets
 from bench.serving.workers import ClientPool

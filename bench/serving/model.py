@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 
+from bench import REPO_ROOT
 from pipeline.assets import MINILM, MOVIELENS_100K, fetch
 from pipeline.config import PipelineConfig
 from pipeline.datasets.movielens import convert_movielens_100k
@@ -22,7 +23,6 @@ from schemas.signatures import DEFAULT_MODEL_NAME
 from serving.model_loader import scan_versions
 from trainer.config import TrainerConfig
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_CACHE_DIR = os.path.join(REPO_ROOT, ".cache", "bench", "serving")
 
 

@@ -12,7 +12,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
-from bench.serving.model import REPO_ROOT, ServedModel
+from bench import REPO_ROOT
+from bench.serving.model import ServedModel
 from serving.ports import free_port
 
 BATCHING_PARAMETERS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "batching_parameters.txt")

@@ -94,7 +94,7 @@ def test_an_earlier_grid_choice_is_fitted_without_searching_the_grid(tmp_path, m
     with open(again) as f:
         results = json.load(f)
     assert results["models"]["cooc"]["config"] == chosen
-    assert results["grids"]["cooc"]["reused_from"] == h.os.path.relpath(first, h._REPO)
+    assert results["grids"]["cooc"]["reused_from"] == h.os.path.relpath(first, h.REPO_ROOT)
     with pytest.raises(KeyError, match="no grid choice"):
         h.run_benchmark(split, ["popularity"], seeds=[0], output=again, choices_from=first)
 
