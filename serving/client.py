@@ -556,8 +556,8 @@ class InterestClient:
             # A lone id would otherwise be read as its characters.
             raise TypeError(f"exclude must be a collection of item ids, not one id ({exclude!r})")
         extra = set(exclude)
-        if not all(isinstance(i, str) for i in extra):
-            raise TypeError(f"exclude must hold item ids as strings, got {sorted(map(repr, extra))[:5]}")
+        if not_ids := [i for i in extra if not isinstance(i, str)]:
+            raise TypeError(f"exclude must hold item ids as strings, got {not_ids[:5]!r}")
         state = self.interest_state(user_id)
         events = self.store.user_events(user_id)
         excluded = {e.item_id for e in events} | extra
