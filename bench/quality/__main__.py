@@ -8,7 +8,7 @@ import sys
 
 import schemas  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from bench.quality import harness
-from bench.quality.data import DEFAULT_COLD_THRESHOLD, DEFAULT_WINDOW, load_movielens_100k
+from bench.quality.data import DEFAULT_COLD_THRESHOLD, DEFAULT_WINDOW, cold_start_sample, load_movielens_100k
 
 QUICK_USERS = 150
 
@@ -47,6 +47,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="input window (events)")
     parser.add_argument("--cold-threshold", type=int, default=DEFAULT_COLD_THRESHOLD)
+    parser.add_argument(
+        "--cold-start-items",
+        type=float,
+        default=None,
+        metavar="SHARE",
+        help="item cold start: withhold this share of the catalog (drawn with --cold-start-seed) from training and "
+        "from every input, and report the points whose target is one of them (slice cold_start_items); use "
+        "another --output",
+    )
+    parser.add_argument("--cold-start-seed", type=int, default=0, help="the draw of --cold-start-items (default 0)")
     parser.add_argument("--table", action="store_true", help="print the results file as a markdown table and exit")
     args = parser.parse_args(argv)
     if args.table:
@@ -61,6 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     split = load_movielens_100k(window=args.window)
     if args.quick:
         split = split.subset(sorted(split.users, key=lambda u: (len(u), u))[:QUICK_USERS])
+    if args.cold_start_items is not None:
+        if output == harness.DEFAULT_OUTPUT:
+            parser.error("--cold-start-items measures another protocol; give it its own --output")
+        split = split.without_items(cold_start_sample(split.item_ids, args.cold_start_items, args.cold_start_seed))
+        print(f"[quality] {len(split.cold_start_items)} items withheld until they are a target", flush=True)
     print(
         f"[quality] {len(split.users)} users, {len(split.item_ids)} items, "
         f"{len(split.test_points)} test points, models={models}, seeds={args.seeds}",

@@ -27,6 +27,8 @@ import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 
+import numpy as np
+
 import schemas  # noqa: F401  (sets TF_USE_LEGACY_KERAS before anything imports TensorFlow)
 from bench import REPO_ROOT
 from schemas.events import Event, Item, RejectedRecord, read_events, read_items
@@ -82,6 +84,8 @@ class LeaveOneOutSplit:
         only; items never trained on are absent).
       window: the input window bound (`select_event_window`'s `max_events`).
       items: the catalog, item_id -> Item (may be empty).
+      cold_start_items: items withheld from every model until they are a
+        target (`without_items`; empty in the spine's protocol).
     """
 
     train: dict[str, list[Event]]
@@ -91,6 +95,7 @@ class LeaveOneOutSplit:
     train_item_counts: dict[str, int]
     window: int = DEFAULT_WINDOW
     items: dict[str, Item] = dataclasses.field(default_factory=dict)
+    cold_start_items: frozenset[str] = frozenset()
 
     @property
     def users(self) -> list[str]:
@@ -148,7 +153,60 @@ class LeaveOneOutSplit:
             train_item_counts=dict(counts),
             window=self.window,
             items=self.items,
+            cold_start_items=self.cold_start_items,
         )
+
+    def without_items(self, items: Iterable[str]) -> LeaveOneOutSplit:
+        """The same points, with some items unseen by any model until they are predicted (item cold start).
+
+        A shop adds items every day, and a user's next event is often one of them. The spine's split cannot
+        ask for that: almost every target item has many training events. Here every event of the given items
+        leaves the training events and every point's input, as if the items had not existed before, so a
+        model meets them first as targets. They stay candidates, and stay excluded for a user who touched
+        them before the point. Each point's window is selected again from the remaining events (older
+        events move up into it), as the pipeline would write it.
+
+        Args:
+          items: the items to withhold (`cold_start_sample` draws them).
+
+        Returns:
+          The split with those items in `cold_start_items`; the points keep their order.
+        """
+        withheld = self.cold_start_items | frozenset(items)
+        train = {u: [e for e in events if e.item_id not in withheld] for u, events in self.train.items()}
+
+        def unseen(point: PredictionPoint) -> PredictionPoint:
+            history = tuple(e for e in point.history if e.item_id not in withheld)
+            window = tuple(select_event_window(history, point.timestamp, self.window))
+            return dataclasses.replace(point, window=window, history=history)
+
+        return LeaveOneOutSplit(
+            train=train,
+            eval_points=[unseen(p) for p in self.eval_points],
+            test_points=[unseen(p) for p in self.test_points],
+            item_ids=self.item_ids,
+            train_item_counts=dict(Counter(e.item_id for events in train.values() for e in events)),
+            window=self.window,
+            items=self.items,
+            cold_start_items=withheld,
+        )
+
+
+def cold_start_sample(item_ids: Sequence[str], fraction: float, seed: int = 0) -> frozenset[str]:
+    """A uniform random share of the catalog to withhold (`LeaveOneOutSplit.without_items`).
+
+    Args:
+      item_ids: the catalog.
+      fraction: the share, in (0, 1).
+      seed: the draw's seed; part of the protocol, so every model is measured on the same items.
+
+    Returns:
+      round(fraction * len(item_ids)) item ids.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"the share of items to withhold must be in (0, 1); got {fraction}")
+    rng = np.random.default_rng(seed)
+    return frozenset(rng.choice(sorted(item_ids), size=round(fraction * len(item_ids)), replace=False).tolist())
 
 
 def _point(user_id: str, history: Sequence[Event], i: int, window: int) -> PredictionPoint:

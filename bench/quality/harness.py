@@ -35,7 +35,17 @@ DEFAULT_OUTPUT = os.path.join(REPO_ROOT, "bench", "results", "quality.json")
 QUICK_OUTPUT = os.path.join(REPO_ROOT, "bench", "results", "quality.quick.json")
 SELECTION_METRIC = "ndcg@10"
 # Keys of `protocol` that must agree for two runs to share one results file.
-PROTOCOL_KEYS = ("dataset", "users", "items", "events", "window", "eval_points", "test_points", "cold_threshold")
+PROTOCOL_KEYS = (
+    "dataset",
+    "users",
+    "items",
+    "events",
+    "window",
+    "eval_points",
+    "test_points",
+    "cold_threshold",
+    "cold_start_items",
+)
 
 
 def _popularity(config: Mapping[str, Any]) -> Recommender:
@@ -340,9 +350,18 @@ def _summarise(per_seed: Sequence[Mapping[str, float]]) -> dict[str, dict[str, f
     return {name: mean_std([m[name] for m in per_seed]) for name in METRIC_NAMES if per_seed and name in per_seed[0]}
 
 
+def cold_start_points(split: LeaveOneOutSplit) -> dict[str, list[int]]:
+    """Per split ("validation", "test"), the indices of the points whose target is a withheld item."""
+    scored = {"validation": split.eval_points, "test": split.test_points}
+    return {
+        part: [i for i, p in enumerate(points) if p.target_item in split.cold_start_items]
+        for part, points in scored.items()
+    }
+
+
 def protocol_of(split: LeaveOneOutSplit, cold_threshold: int, dataset: str) -> dict[str, Any]:
     n_events = sum(len(v) for v in split.train.values()) + len(split.eval_points) + len(split.test_points)
-    return {
+    protocol = {
         "dataset": dataset,
         "users": len(split.users),
         "items": len(split.item_ids),
@@ -371,6 +390,36 @@ def protocol_of(split: LeaveOneOutSplit, cold_threshold: int, dataset: str) -> d
         "seed fitted with the chosen config (seed 0 reuses the tuning fit)",
         "cold_slice": f"test points whose target item had fewer than {cold_threshold} training interactions",
     }
+    if split.cold_start_items:
+        protocol["cold_start_items"] = {
+            "definition": "item cold start: every event of these items left the training events and every "
+            "point's input (windows selected again from the rest), so a model meets them first as targets; "
+            "they stay candidates. `points` are the validation and test points whose target is one of them",
+            "items": sorted(split.cold_start_items),
+            "points": cold_start_points(split),
+        }
+    return protocol
+
+
+def cold_start_slice(results: Mapping[str, Any], positions: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """A model's metrics on the cold-start points, from its fits' target positions.
+
+    Args:
+      results: a results file's content whose protocol withholds items.
+      positions: its positions file's content (`bench.quality.ranks`).
+      name: the model.
+
+    Returns:
+      Test metrics (mean and std over the entry's seeds) and the same under `validation`.
+    """
+    points = results["protocol"]["cold_start_items"]["points"]
+    fits = positions["models"][name]
+    per_seed: dict[str, list[dict[str, float]]] = {part: [] for part in ranks.SPLITS}
+    for record in results["models"][name]["per_seed"]:
+        for part in ranks.SPLITS:
+            found = ranks.decode(fits[str(record["seed"])][part])[points[part]]
+            per_seed[part].append({m: float(ranks.point_values(found, m).mean()) for m in METRIC_NAMES})
+    return {**_summarise(per_seed["test"]), "validation": _summarise(per_seed["validation"])}
 
 
 def _machine() -> str:
@@ -718,6 +767,12 @@ def run_benchmark(
         write_results(output, results)
         positions = ranks.ranks_path(output)
         ranks.write(positions, ranks.merge(ranks.load(positions), fingerprints, name, run["ranks"], replace=not extend))
+        if split.cold_start_items:
+            entry = results["slices"].setdefault("cold_start_items", {"models": {}})
+            entry["definition"] = protocol["cold_start_items"]["definition"]
+            entry.update({f"{part}_points": len(p) for part, p in protocol["cold_start_items"]["points"].items()})
+            entry["models"][name] = cold_start_slice(results, ranks.load(positions), name)
+            write_results(output, results)
         print(f"[quality] model={name} written to {output} ({time.time() - started:.0f}s)", flush=True)
         if on_model_done is not None:
             on_model_done(name, results)
@@ -771,4 +826,19 @@ def markdown_table(results: Mapping[str, Any]) -> str:
         cells.append(f"{c['mean']:.4f} ± {c['std']:.4f}" if c else "n/a")
         cells += [f"{entry['train_s']:.1f}", f"{entry['params']:,}", str(len(entry.get("seeds", [])))]
         lines.append("| " + " | ".join(cells) + " |")
+    cold_start = results.get("slices", {}).get("cold_start_items")
+    if cold_start:
+        lines += [
+            "",
+            f"Cold-start items ({cold_start['test_points']} test, {cold_start['validation_points']} "
+            "validation points whose target was withheld):",
+            "",
+        ]
+        header = ["model", *(f"test {m}" for m in METRIC_NAMES), "validation ndcg@10"]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for name, entry in cold_start["models"].items():
+            cells = [name, *(f"{entry[m]['mean']:.4f} ± {entry[m]['std']:.4f}" for m in METRIC_NAMES)]
+            v = entry["validation"]["ndcg@10"]
+            cells.append(f"{v['mean']:.4f} ± {v['std']:.4f}")
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -143,9 +143,16 @@ def compare(
     models: Sequence[str],
     metrics: Sequence[str] = ("ndcg@10",),
     splits: Sequence[str] = ranks.SPLITS,
+    points: Mapping[str, Sequence[int]] | None = None,
 ) -> list[dict[str, Any]]:
-    """`paired_difference` of each model (A) against the base (B), per split and metric."""
+    """`paired_difference` of each model (A) against the base (B), per split and metric.
+
+    Args:
+      points: per split, the indices of the points to compare on (e.g. the cold-start points); None: all.
+    """
     found = {(n, split): entry_positions(results, positions, n, split) for n in {base, *models} for split in splits}
+    if points is not None:
+        found = {(n, split): rows[:, points[split]] for (n, split), rows in found.items()}
     comparisons = []
     for name in models:
         for split in splits:
@@ -221,6 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--output", default=DEFAULT_OUTPUT, help="where the comparisons are written (their picture beside it, .png)"
     )
+    parser.add_argument(
+        "--cold-start",
+        action="store_true",
+        help="compare on the points whose target was withheld (results made with bench.quality --cold-start-items)",
+    )
     args = parser.parse_args(argv)
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     unknown = [m for m in metrics if m not in METRIC_NAMES]
@@ -230,7 +242,12 @@ def main(argv: list[str] | None = None) -> int:
         results = json.load(f)
     positions = ranks.load(ranks.ranks_path(args.results))
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    comparisons = compare(results, positions, args.base, models, metrics)
+    points = None
+    if args.cold_start:
+        if "cold_start_items" not in results.get("protocol", {}):
+            parser.error(f"{args.results} withholds no items (made without bench.quality --cold-start-items)")
+        points = results["protocol"]["cold_start_items"]["points"]
+    comparisons = compare(results, positions, args.base, models, metrics, points=points)
     print(markdown(comparisons))
     command = ".venv/bin/python -m bench.quality.paired " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     record = {
@@ -238,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "results": os.path.relpath(os.path.abspath(args.results), REPO_ROOT),
         "method": METHOD,
+        "points": "the cold-start points (protocol cold_start_items)" if args.cold_start else "all",
         "comparisons": comparisons,
     }
     harness.write_results(args.output, record)
