@@ -168,6 +168,23 @@ def test_forget_removes_the_user_through_the_client(model_server: ModelServer, s
     assert len(store.user_events("stays")) == 1 and store.load_state("stays") is not None
 
 
+def test_recommend_leaves_out_what_the_caller_excludes_and_refuses_what_is_not_item_ids(
+    model_server: ModelServer, store: InterestStore, catalog: list[Item]
+) -> None:
+    store.upsert_items(catalog)
+    with InterestClient(model_server.target, store, MODEL_NAME) as client:
+        client.record([_event("shopper", k) for k in range(3)])
+        ranked = [r.item_id for r in client.recommend("shopper", k=5)]
+        shown = [r.item_id for r in client.recommend("shopper", k=4, exclude=[ranked[0], "not-in-catalog"])]
+        assert shown == ranked[1:5]
+        with pytest.raises(TypeError, match="not one id"):
+            client.recommend("shopper", exclude=ranked[0])
+        with pytest.raises(TypeError, match="as strings") as raised:
+            client.recommend("shopper", exclude=[ranked[0], 7, b"item1"])
+        # Only the offending ids are named.
+        assert str(raised.value).endswith(("got [7, b'item1']", "got [b'item1', 7]"))
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batch=st.lists(raw_events(), max_size=6), retry=st.booleans())
 def test_record_of_random_records_rejects_bad_ones_and_stores_every_accepted_event(
