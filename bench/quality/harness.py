@@ -34,6 +34,8 @@ from trainer.metrics import MAX_CUTOFF, METRIC_NAMES, ranking_metrics
 DEFAULT_OUTPUT = os.path.join(REPO_ROOT, "bench", "results", "quality.json")
 QUICK_OUTPUT = os.path.join(REPO_ROOT, "bench", "results", "quality.quick.json")
 SELECTION_METRIC = "ndcg@10"
+# Prefix of a fit's rankings among the withheld items (`cold_start_validation`, `cold_start_test`).
+COLD_START = "cold_start"
 # Keys of `protocol` that must agree for two runs to share one results file.
 PROTOCOL_KEYS = (
     "dataset",
@@ -322,14 +324,26 @@ def register(name: str, spec: ModelSpec) -> None:
     REGISTRY[name] = spec
 
 
-def _rankings(recommender: Recommender, points: Sequence[PredictionPoint]) -> list[list[str]]:
-    """The recommender's top-20 for each point, refusing any that recommends an excluded item."""
-    rankings = recommender.rank(points, MAX_CUTOFF)
+def _rankings(recommender: Recommender, points: Sequence[PredictionPoint], k: int = MAX_CUTOFF) -> list[list[str]]:
+    """The recommender's top-k (20) for each point, refusing any that recommends an excluded item."""
+    rankings = recommender.rank(points, k)
     for point, ranked in zip(points, rankings, strict=True):
         leaked = point.exclude.intersection(ranked)
         if leaked:
             raise AssertionError(f"{type(recommender).__name__} recommended excluded items {sorted(leaked)[:5]}")
     return rankings
+
+
+def rankings_among_withheld(
+    recommender: Recommender, points: Sequence[PredictionPoint], split: LeaveOneOutSplit
+) -> list[list[str]]:
+    """Each point's top 20 among the withheld items only: the recommender's whole ranking, other items dropped.
+
+    A never-seen item rarely reaches a full top 20 against the established ones, so the full ranking says
+    little about how well a model orders new items among themselves: what a "new arrivals" shelf shows.
+    """
+    rankings = _rankings(recommender, points, len(split.item_ids))
+    return [[i for i in ranked if i in split.cold_start_items][:MAX_CUTOFF] for ranked in rankings]
 
 
 def evaluate(recommender: Recommender, points: Sequence[PredictionPoint]) -> dict[str, float]:
@@ -402,7 +416,7 @@ def protocol_of(split: LeaveOneOutSplit, cold_threshold: int, dataset: str) -> d
 
 
 def cold_start_slice(results: Mapping[str, Any], positions: Mapping[str, Any], name: str) -> dict[str, Any]:
-    """A model's metrics on the cold-start points, from its fits' target positions.
+    """A model's metrics on the cold-start points, ranked two ways.
 
     Args:
       results: a results file's content whose protocol withholds items.
@@ -410,7 +424,9 @@ def cold_start_slice(results: Mapping[str, Any], positions: Mapping[str, Any], n
       name: the model.
 
     Returns:
-      Test metrics (mean and std over the entry's seeds) and the same under `validation`.
+      `full_ranking`: the points' share of the full ranking's metrics (from the fits' target positions);
+      `among_withheld`: the ranking among the withheld items only (`rankings_among_withheld`). Each holds
+      test metrics (mean and std over the entry's seeds) and the same under `validation`.
     """
     points = results["protocol"]["cold_start_items"]["points"]
     fits = positions["models"][name]
@@ -419,7 +435,11 @@ def cold_start_slice(results: Mapping[str, Any], positions: Mapping[str, Any], n
         for part in ranks.SPLITS:
             found = ranks.decode(fits[str(record["seed"])][part])[points[part]]
             per_seed[part].append({m: float(ranks.point_values(found, m).mean()) for m in METRIC_NAMES})
-    return {**_summarise(per_seed["test"]), "validation": _summarise(per_seed["validation"])}
+    among = {part: [r[f"{COLD_START}_{part}"] for r in results["models"][name]["per_seed"]] for part in ranks.SPLITS}
+    return {
+        "full_ranking": {**_summarise(per_seed["test"]), "validation": _summarise(per_seed["validation"])},
+        "among_withheld": {**_summarise(among["test"]), "validation": _summarise(among["validation"])},
+    }
 
 
 def _machine() -> str:
@@ -599,6 +619,11 @@ def _seed_record(
     """One fit's record for `per_seed`, and its target positions per split (for the ranks file)."""
     scored = {"validation": split.eval_points, "test": split.test_points}
     rankings = {part: _rankings(recommender, points) for part, points in scored.items()}
+    if split.cold_start_items:
+        for part, indices in cold_start_points(split).items():
+            points = [scored[part][i] for i in indices]
+            scored[f"{COLD_START}_{part}"] = points
+            rankings[f"{COLD_START}_{part}"] = rankings_among_withheld(recommender, points, split)
     record = {
         "seed": seed,
         "train_s": info.train_s,
@@ -743,6 +768,10 @@ def run_benchmark(
         "validation": ranks.points_fingerprint(split.eval_points),
         "test": ranks.points_fingerprint(split.test_points),
     }
+    if split.cold_start_items:
+        scored = {"validation": split.eval_points, "test": split.test_points}
+        for part, indices in cold_start_points(split).items():
+            fingerprints[f"{COLD_START}_{part}"] = ranks.points_fingerprint([scored[part][i] for i in indices])
     earlier = _earlier_choices(choices_from, models, protocol) if choices_from else {}
     results: dict[str, Any] = load_results(output)
     for name in models:
@@ -834,11 +863,12 @@ def markdown_table(results: Mapping[str, Any]) -> str:
             "validation points whose target was withheld):",
             "",
         ]
-        header = ["model", *(f"test {m}" for m in METRIC_NAMES), "validation ndcg@10"]
+        header = ["model", "ranked", *(f"test {m}" for m in METRIC_NAMES), "validation ndcg@10"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for name, entry in cold_start["models"].items():
-            cells = [name, *(f"{entry[m]['mean']:.4f} ± {entry[m]['std']:.4f}" for m in METRIC_NAMES)]
-            v = entry["validation"]["ndcg@10"]
-            cells.append(f"{v['mean']:.4f} ± {v['std']:.4f}")
-            lines.append("| " + " | ".join(cells) + " |")
+        for name, ways in cold_start["models"].items():
+            for way, entry in ways.items():
+                cells = [name, way, *(f"{entry[m]['mean']:.4f} ± {entry[m]['std']:.4f}" for m in METRIC_NAMES)]
+                v = entry["validation"]["ndcg@10"]
+                cells.append(f"{v['mean']:.4f} ± {v['std']:.4f}")
+                lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

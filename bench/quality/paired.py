@@ -143,16 +143,14 @@ def compare(
     models: Sequence[str],
     metrics: Sequence[str] = ("ndcg@10",),
     splits: Sequence[str] = ranks.SPLITS,
-    points: Mapping[str, Sequence[int]] | None = None,
 ) -> list[dict[str, Any]]:
     """`paired_difference` of each model (A) against the base (B), per split and metric.
 
     Args:
-      points: per split, the indices of the points to compare on (e.g. the cold-start points); None: all.
+      splits: which rankings: "validation" and "test", or, in a cold-start results file, the rankings among
+        the withheld items ("cold_start_validation", "cold_start_test").
     """
     found = {(n, split): entry_positions(results, positions, n, split) for n in {base, *models} for split in splits}
-    if points is not None:
-        found = {(n, split): rows[:, points[split]] for (n, split), rows in found.items()}
     comparisons = []
     for name in models:
         for split in splits:
@@ -212,7 +210,8 @@ def plot(comparisons: Sequence[Mapping[str, Any]], path: str) -> None:
         axis.axvline(0.0, color="black", linestyle=":", linewidth=1)
         axis.set_ylim(len(rows) - 0.5, -0.5)
         axis.set_yticks(range(len(rows)), [f"{a}\n- {b} ({metric})" for a, b, metric in rows], fontsize="small")
-        axis.set_title(f"{split} ({comparisons[0]['points']} points)")
+        points = next(c["points"] for c in comparisons if c["split"] == split)
+        axis.set_title(f"{split} ({points} points)")
         axis.set_xlabel("A - B, with its 95 % interval (points and seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -231,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cold-start",
         action="store_true",
-        help="compare on the points whose target was withheld (results made with bench.quality --cold-start-items)",
+        help="compare the rankings among the withheld items, on the points whose target is one of them (results "
+        "made with bench.quality --cold-start-items)",
     )
     args = parser.parse_args(argv)
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
@@ -242,12 +242,12 @@ def main(argv: list[str] | None = None) -> int:
         results = json.load(f)
     positions = ranks.load(ranks.ranks_path(args.results))
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    points = None
+    splits = ranks.SPLITS
     if args.cold_start:
         if "cold_start_items" not in results.get("protocol", {}):
             parser.error(f"{args.results} withholds no items (made without bench.quality --cold-start-items)")
-        points = results["protocol"]["cold_start_items"]["points"]
-    comparisons = compare(results, positions, args.base, models, metrics, points=points)
+        splits = tuple(f"{harness.COLD_START}_{part}" for part in ranks.SPLITS)
+    comparisons = compare(results, positions, args.base, models, metrics, splits)
     print(markdown(comparisons))
     command = ".venv/bin/python -m bench.quality.paired " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     record = {
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "results": os.path.relpath(os.path.abspath(args.results), REPO_ROOT),
         "method": METHOD,
-        "points": "the cold-start points (protocol cold_start_items)" if args.cold_start else "all",
+        "rankings": "among the withheld items, on the cold-start points" if args.cold_start else "full",
         "comparisons": comparisons,
     }
     harness.write_results(args.output, record)

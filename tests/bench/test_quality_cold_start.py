@@ -70,27 +70,34 @@ def test_harness_reports_the_cold_start_points_and_keeps_them_apart(tmp_path, mo
     cold_validation = [p for p in split.eval_points if p.target_item in WITHHELD]
     assert [split.eval_points[i] for i in protocol["points"]["validation"]] == cold_validation
     assert len(cold_validation) == 2  # users 26 and 28 rated `a` just before their last event
-    # The slice equals an independent scoring of the same fits on those points only.
-    expected = []
+    # Both readings of the slice equal an independent scoring of the same fits on those points only.
+    full, among = [], []
     for seed in seeds:
         model = _SeededPopularity()
         model.fit(split, seed)
-        expected.append(ranking_metrics(model.rank(cold_test, 20), [[p.target_item] for p in cold_test]))
-    assert any(e["recall@20"] > 0 for e in expected)  # some withheld target reached a top 20
+        targets = [[p.target_item] for p in cold_test]
+        full.append(ranking_metrics(model.rank(cold_test, 20), targets))
+        whole = model.rank(cold_test, len(split.item_ids))
+        among.append(ranking_metrics([[i for i in r if i in WITHHELD] for r in whole], targets))
+    assert any(e["recall@20"] > 0 for e in full)  # some withheld target reached a full top 20
+    assert all(e["recall@20"] == 1.0 for e in among)  # six withheld items: all within the top 20
+    # Leaving the established items out moves each target up.
+    assert all(a["ndcg@10"] > f["ndcg@10"] for a, f in zip(among, full, strict=True))
     entry = results["slices"]["cold_start_items"]
     assert entry["test_points"] == len(cold_test) == 5
-    for metric in METRIC_NAMES:
-        assert entry["models"]["pop"][metric]["mean"] == pytest.approx(np.mean([e[metric] for e in expected]))
+    for way, expected in (("full_ranking", full), ("among_withheld", among)):
+        for metric in METRIC_NAMES:
+            assert entry["models"]["pop"][way][metric]["mean"] == pytest.approx(np.mean([e[metric] for e in expected]))
     assert "Cold-start items (5 test" in h.markdown_table(results)
 
-    # Paired on the cold-start points: the means are the slice's.
+    # Paired on the rankings among the withheld items: the means are the slice's.
     tests = tmp_path / "paired.json"
     argv = ["--base", "pop", "--models", "pop", "--results", output, "--output", str(tests), "--cold-start"]
     assert paired.main(argv) == 0
     record = json.loads(tests.read_text())
-    test_ndcg = next(c for c in record["comparisons"] if c["split"] == "test")
+    test_ndcg = next(c for c in record["comparisons"] if c["split"] == "cold_start_test")
     assert test_ndcg["points"] == 5 and test_ndcg["difference"] == 0.0
-    assert test_ndcg["a_mean"] == pytest.approx(entry["models"]["pop"]["ndcg@10"]["mean"])
+    assert test_ndcg["a_mean"] == pytest.approx(entry["models"]["pop"]["among_withheld"]["ndcg@10"]["mean"])
 
     # The spine's protocol is another protocol: its run starts the file afresh instead of mixing the two.
     h.run_benchmark(_cooccurrence_split(), ["pop"], seeds=[0], output=output)
