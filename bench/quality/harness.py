@@ -5,6 +5,9 @@ with seed 0 and scored on the validation points; the config with the best
 validation NDCG@10 is kept (the first one on ties). The chosen config is then
 fitted once per seed (seed 0 reuses the tuning fit) and scored on the
 validation and test points and on the cold-item slice of the test points.
+Under the item cold-start protocol (`LeaveOneOutSplit.without_items`) each fit
+also ranks the withheld items among themselves at the points whose target is
+one of them (`cold_start_validation`, `cold_start_test` in `per_seed`).
 
 Adding a model: `register("interest_graph", ModelSpec(factory, grid))`, where
 `factory(config)` returns an object with `fit(split, seed) -> FitInfo`,
