@@ -376,6 +376,17 @@ def cold_start_points(split: LeaveOneOutSplit) -> dict[str, list[int]]:
     }
 
 
+def scored_points(split: LeaveOneOutSplit) -> dict[str, list[PredictionPoint]]:
+    """Every set of points a fit is scored on, by name: "validation" and "test" and, when items are withheld,
+    the points whose target is one of them (`cold_start_validation`, `cold_start_test`; ranked among the
+    withheld items)."""
+    scored = {"validation": split.eval_points, "test": split.test_points}
+    if split.cold_start_items:
+        for part, indices in cold_start_points(split).items():
+            scored[f"{COLD_START}_{part}"] = [scored[part][i] for i in indices]
+    return scored
+
+
 def protocol_of(split: LeaveOneOutSplit, cold_threshold: int, dataset: str) -> dict[str, Any]:
     n_events = sum(len(v) for v in split.train.values()) + len(split.eval_points) + len(split.test_points)
     protocol = {
@@ -620,13 +631,13 @@ def _seed_record(
     cold_points: Sequence[PredictionPoint],
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """One fit's record for `per_seed`, and its target positions per split (for the ranks file)."""
-    scored = {"validation": split.eval_points, "test": split.test_points}
-    rankings = {part: _rankings(recommender, points) for part, points in scored.items()}
-    if split.cold_start_items:
-        for part, indices in cold_start_points(split).items():
-            points = [scored[part][i] for i in indices]
-            scored[f"{COLD_START}_{part}"] = points
-            rankings[f"{COLD_START}_{part}"] = rankings_among_withheld(recommender, points, split)
+    scored = scored_points(split)
+    rankings = {
+        part: rankings_among_withheld(recommender, points, split)
+        if part.startswith(COLD_START)
+        else _rankings(recommender, points)
+        for part, points in scored.items()
+    }
     record = {
         "seed": seed,
         "train_s": info.train_s,
@@ -767,14 +778,7 @@ def run_benchmark(
     if unknown:
         raise KeyError(f"unknown model(s) {unknown}; registered: {sorted(REGISTRY)}")
     protocol = {**protocol_of(split, cold_threshold, dataset), "quick": quick}
-    fingerprints = {
-        "validation": ranks.points_fingerprint(split.eval_points),
-        "test": ranks.points_fingerprint(split.test_points),
-    }
-    if split.cold_start_items:
-        scored = {"validation": split.eval_points, "test": split.test_points}
-        for part, indices in cold_start_points(split).items():
-            fingerprints[f"{COLD_START}_{part}"] = ranks.points_fingerprint([scored[part][i] for i in indices])
+    fingerprints = {part: ranks.points_fingerprint(points) for part, points in scored_points(split).items()}
     earlier = _earlier_choices(choices_from, models, protocol) if choices_from else {}
     results: dict[str, Any] = load_results(output)
     for name in models:
