@@ -273,6 +273,13 @@ for _name, _config, _what in (
     ("interest_graph_ablation_single_interest", {"num_interests": 1}, "with a single interest vector"),
     ("interest_graph_ablation_no_text", {"use_text": False}, "without the BERT text view of items"),
     ("interest_graph_ablation_no_time", {"use_time": False}, "without the event time encoding"),
+    # Session 25's: the graph attention had only the unpaired sessions 16-19 measurement.
+    (
+        "interest_graph_ablation_sequence_only",
+        {"message_passing_rounds": 0},
+        "read as a sequence only: no event -> user graph attention; the interests' own attention pooling and"
+        " the channel stay",
+    ),
 ):
     REGISTRY[_name] = ModelSpec(
         _interest_graph,

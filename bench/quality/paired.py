@@ -39,6 +39,8 @@ import numpy as np
 
 from bench import REPO_ROOT
 from bench.quality import harness, ranks
+from bench.quality.category_spread import spread_thirds
+from bench.quality.data import LeaveOneOutSplit, load_movielens_100k
 from trainer.metrics import METRIC_NAMES
 
 DEFAULT_RESULTS = os.path.join(REPO_ROOT, "bench", "results", "quality_paired.json")
@@ -143,33 +145,65 @@ def compare(
     models: Sequence[str],
     metrics: Sequence[str] = ("ndcg@10",),
     splits: Sequence[str] = ranks.SPLITS,
+    groups: Mapping[str, Mapping[str, np.ndarray]] | None = None,
 ) -> list[dict[str, Any]]:
     """`paired_difference` of each model (A) against the base (B), per split and metric.
 
     Args:
       splits: which rankings: "validation" and "test", or, in a cold-start results file, the rankings among
         the withheld items ("cold_start_validation", "cold_start_test").
+      groups: optionally, split -> group name -> indices of that split's points (e.g.
+        `category_spread.spread_thirds`); each group is then compared on its own, and its name is kept in
+        the comparison's `points_group`.
     """
     found = {(n, split): entry_positions(results, positions, n, split) for n in {base, *models} for split in splits}
     comparisons = []
     for name in models:
         for split in splits:
-            for metric in metrics:
-                a = ranks.point_values(found[name, split], metric)
-                b = ranks.point_values(found[base, split], metric)
-                comparisons.append({"a": name, "b": base, "split": split, "metric": metric, **paired_difference(a, b)})
+            for group, indices in (groups[split] if groups else {None: slice(None)}).items():
+                for metric in metrics:
+                    a = ranks.point_values(found[name, split][:, indices], metric)
+                    b = ranks.point_values(found[base, split][:, indices], metric)
+                    where = {"points_group": group} if group else {}
+                    comparisons.append(
+                        {"a": name, "b": base, "split": split, **where, "metric": metric, **paired_difference(a, b)}
+                    )
     return comparisons
+
+
+def category_spread_groups(split: LeaveOneOutSplit, positions: Mapping[str, Any]) -> dict[str, dict[str, np.ndarray]]:
+    """Each split's points in thirds by the category spread of their input windows, for `compare`'s `groups`.
+
+    Args:
+      split: the split the results were measured on (its catalog gives the categories).
+      positions: the results' ranks file; its points' fingerprints must be the split's.
+
+    Raises:
+      ValueError: the positions were scored on other points (another window, another dataset, withheld items).
+    """
+    groups = {}
+    for name in ranks.SPLITS:
+        points = harness.scored_points(split)[name]
+        if positions.get("points", {}).get(name) != ranks.points_fingerprint(points):
+            raise ValueError(f"the {name} positions were scored on other points than this split's")
+        groups[name] = spread_thirds(points, split.items)
+    return groups
+
+
+def _panel(comparison: Mapping[str, Any]) -> str:
+    group = comparison.get("points_group")
+    return f"{comparison['split']}, {group}" if group else comparison["split"]
 
 
 def markdown(comparisons: Sequence[Mapping[str, Any]]) -> str:
     """The comparisons as a markdown table."""
-    header = ["A", "B", "split", "metric", "A", "B", "A - B", "95 % interval", "z", "p", "points A > B / A < B"]
+    header = ["A", "B", "points", "metric", "A", "B", "A - B", "95 % interval", "z", "p", "points A > B / A < B"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for c in comparisons:
         cells = [
             c["a"],
             c["b"],
-            c["split"],
+            _panel(c),
             c["metric"],
             f"{c['a_mean']:.4f}",
             f"{c['b_mean']:.4f}",
@@ -190,14 +224,23 @@ def plot(comparisons: Sequence[Mapping[str, Any]], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    splits = list(dict.fromkeys(c["split"] for c in comparisons))
+    panels = list(dict.fromkeys(_panel(c) for c in comparisons))
     rows = list(dict.fromkeys((c["a"], c["b"], c["metric"]) for c in comparisons))
+    columns = min(len(panels), 3)
+    panel_rows = math.ceil(len(panels) / columns)
     fig, axes = plt.subplots(
-        1, len(splits), figsize=(5 * len(splits), 0.6 * len(rows) + 1.6), sharey=True, squeeze=False
+        panel_rows,
+        columns,
+        figsize=(5 * columns, panel_rows * (0.6 * len(rows) + 1.6)),
+        sharey=True,
+        sharex=True,
+        squeeze=False,
     )
-    for axis, split in zip(axes[0], splits, strict=True):
+    for axis in axes.flat[len(panels) :]:
+        axis.set_visible(False)
+    for axis, panel in zip(axes.flat, panels, strict=False):
         for y, (a, b, metric) in enumerate(rows):
-            c = next(c for c in comparisons if (c["a"], c["b"], c["metric"], c["split"]) == (a, b, metric, split))
+            c = next(c for c in comparisons if (c["a"], c["b"], c["metric"], _panel(c)) == (a, b, metric, panel))
             colour = "tab:green" if c["low"] > 0 else "tab:red" if c["high"] < 0 else "tab:grey"
             axis.errorbar(
                 c["difference"],
@@ -210,8 +253,8 @@ def plot(comparisons: Sequence[Mapping[str, Any]], path: str) -> None:
         axis.axvline(0.0, color="black", linestyle=":", linewidth=1)
         axis.set_ylim(len(rows) - 0.5, -0.5)
         axis.set_yticks(range(len(rows)), [f"{a}\n- {b} ({metric})" for a, b, metric in rows], fontsize="small")
-        points = next(c["points"] for c in comparisons if c["split"] == split)
-        axis.set_title(f"{split} ({points} points)")
+        points = next(c["points"] for c in comparisons if _panel(c) == panel)
+        axis.set_title(f"{panel} ({points} points)")
         axis.set_xlabel("A - B, with its 95 % interval (points and seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -233,7 +276,15 @@ def main(argv: list[str] | None = None) -> int:
         help="compare the rankings among the withheld items, on the points whose target is one of them (results "
         "made with bench.quality --cold-start-items)",
     )
+    parser.add_argument(
+        "--by-category-spread",
+        action="store_true",
+        help="compare within thirds of each split's points, by how widely the user's input window spreads over "
+        "categories (bench.quality.category_spread): where several interests should matter",
+    )
     args = parser.parse_args(argv)
+    if args.cold_start and args.by_category_spread:
+        parser.error("--by-category-spread reads the spine's points; it does not combine with --cold-start")
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     unknown = [m for m in metrics if m not in METRIC_NAMES]
     if unknown:
@@ -247,7 +298,13 @@ def main(argv: list[str] | None = None) -> int:
         if "cold_start_items" not in results.get("protocol", {}):
             parser.error(f"{args.results} withholds no items (made without bench.quality --cold-start-items)")
         splits = tuple(f"{harness.COLD_START}_{part}" for part in ranks.SPLITS)
-    comparisons = compare(results, positions, args.base, models, metrics, splits)
+    groups = None
+    if args.by_category_spread:
+        try:
+            groups = category_spread_groups(load_movielens_100k(window=results["protocol"]["window"]), positions)
+        except ValueError as error:
+            parser.error(f"{args.results}: {error}")
+    comparisons = compare(results, positions, args.base, models, metrics, splits, groups)
     print(markdown(comparisons))
     command = ".venv/bin/python -m bench.quality.paired " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     record = {
@@ -256,6 +313,10 @@ def main(argv: list[str] | None = None) -> int:
         "results": os.path.relpath(os.path.abspath(args.results), REPO_ROOT),
         "method": METHOD,
         "rankings": "among the withheld items, on the cold-start points" if args.cold_start else "full",
+        "points_groups": "thirds of each split's points by the category spread of their input windows "
+        "(bench.quality.category_spread)"
+        if groups
+        else "all",
         "comparisons": comparisons,
     }
     harness.write_results(args.output, record)
