@@ -256,6 +256,7 @@ def plot(comparisons: Sequence[Mapping[str, Any]], path: str) -> None:
         points = next(c["points"] for c in comparisons if _panel(c) == panel)
         axis.set_title(f"{panel} ({points} points)")
         axis.set_xlabel("A - B, with its 95 % interval (points and seeds)")
+        axis.tick_params(labelbottom=True)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
