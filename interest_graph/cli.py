@@ -151,7 +151,8 @@ def _add_items(args: argparse.Namespace) -> int:
 
 def _recommend(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        recommendations = client.recommend(args.user, args.k, exclude=args.exclude)
+        rank = client.recommend_new_items if args.new_items else client.recommend
+        recommendations = rank(args.user, args.k, exclude=args.exclude)
         for rank, r in enumerate(recommendations, start=1):
             item = client.store.item(r.item_id)
             title = f"  {item.title}" if item else ""
@@ -338,6 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="ITEM_ID",
         help="further item ids to leave out (e.g. what is already in the cart); still returns k items",
+    )
+    recommend.add_argument(
+        "--new-items",
+        action="store_true",
+        help='rank only the items added after training (add-items): a "new for you" shelf, since a new item, '
+        "known by its text alone, rarely beats established ones in the full ranking",
     )
     client_args(recommend)
     recommend.set_defaults(func=_recommend)

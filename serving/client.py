@@ -8,6 +8,9 @@ states in an interest store.
                         subgraph, call `update_interest`, save the new state
                         with the model version that produced it
     recommend(user, k)  top-k items the user has not interacted with yet
+    recommend_new_items(user, k)
+                        the same among the items added after training only
+                        (a "new for you" shelf)
     score(user, items)  the model's score of given items for the user
     add_items(items)    put items added to the catalog after training in the
                         served model's item space (`encode_items`), so
@@ -550,14 +553,7 @@ class InterestClient:
         Returns:
           Up to k recommendations, best first.
         """
-        if k <= 0:
-            raise ValueError(f"k must be positive, got {k}")
-        if isinstance(exclude, str | bytes):
-            # A lone id would otherwise be read as its characters.
-            raise TypeError(f"exclude must be a collection of item ids, not one id ({exclude!r})")
-        extra = set(exclude)
-        if not_ids := [i for i in extra if not isinstance(i, str)]:
-            raise TypeError(f"exclude must hold item ids as strings, got {not_ids[:5]!r}")
+        extra = _caller_exclusions(k, exclude)
         state = self.interest_state(user_id)
         events = self.store.user_events(user_id)
         excluded = {e.item_id for e in events} | extra
@@ -581,6 +577,36 @@ class InterestClient:
         added = self._added_items(version).best(state.state, k, excluded)
         ranked += [Recommendation(i, v) for i, v in added]
         return sorted(ranked, key=lambda r: -r.score)[:k]
+
+    def recommend_new_items(self, user_id: str, k: int = 10, exclude: Iterable[str] = ()) -> list[Recommendation]:
+        """A "new for you" shelf: only the items added after training (`add_items`), ranked for the user.
+
+        A new item is known by its text and categories alone, so in the full
+        ranking it rarely beats items with a training history (in
+        bench/quality's item cold start, no never-seen item reached a full top
+        20). Ranked among themselves, the model orders new items well (there,
+        NDCG@10 0.0855 against 0.0169 without the text view). A shop shows
+        them on a shelf of their own; this is that shelf. Each item's score is
+        the one `recommend` and `score` give it.
+
+        Args:
+          user_id: whose interest state ranks the new items.
+          k: how many items to return.
+          exclude: further items to leave out, as in `recommend`.
+
+        Returns:
+          Up to k added items the user has not interacted with, best first;
+          empty when none were added since the served model was trained.
+        """
+        extra = _caller_exclusions(k, exclude)
+        state = self.interest_state(user_id)
+        _, served = self._model_knows([s.PADDING_ITEM_ID])
+        if served != state.model_version:
+            self.update_interests([user_id])
+            state = self.interest_state(user_id)
+        excluded = {e.item_id for e in self.store.user_events(user_id)} | extra
+        added = self._added_items(state.model_version).best(state.state, k, excluded)
+        return [Recommendation(item_id, score) for item_id, score in added]
 
     def recent_item_ids(self, events: Sequence[Event]) -> np.ndarray:
         """[1, RECENT_ITEMS] the user's latest items, as `update_interest` read them from the window."""
@@ -606,6 +632,19 @@ class InterestClient:
         if unknown and version == state.model_version:
             scores |= self._added_items(version).scores(state.state, unknown)
         return scores
+
+
+def _caller_exclusions(k: int, exclude: Iterable[str]) -> set[str]:
+    """The items a caller asks `recommend` to leave out, checked along with k."""
+    if k <= 0:
+        raise ValueError(f"k must be positive, got {k}")
+    if isinstance(exclude, str | bytes):
+        # A lone id would otherwise be read as its characters.
+        raise TypeError(f"exclude must be a collection of item ids, not one id ({exclude!r})")
+    extra = set(exclude)
+    if not_ids := [i for i in extra if not isinstance(i, str)]:
+        raise TypeError(f"exclude must hold item ids as strings, got {not_ids[:5]!r}")
+    return extra
 
 
 def _validated(

@@ -61,6 +61,28 @@ def test_added_items_are_encoded_scored_and_recommended(client: InterestClient, 
     assert "new-0" not in [r.item_id for r in client.recommend("shopper", k=100)]
 
 
+def test_the_new_items_shelf_ranks_only_the_added_items(client: InterestClient) -> None:
+    client.record(_views("shopper", ["item3", "item6", "item9"]))
+    assert client.recommend_new_items("shopper") == []
+    client.add_items([*NEW_ITEMS, Item("item2", "Item item2", "", ("cat2",))])
+    shelf = client.recommend_new_items("shopper", k=10)
+    # Only the two items the model was not trained on (item2 it knows), with the scores the full ranking gives them.
+    full = {r.item_id: r.score for r in client.recommend("shopper", k=100)}
+    assert sorted(r.item_id for r in shelf) == ["new-0", "new-1"]
+    assert [r.score for r in shelf] == sorted((r.score for r in shelf), reverse=True)
+    for r in shelf:
+        assert r.score == pytest.approx(full[r.item_id], rel=1e-5)
+    assert [r.item_id for r in client.recommend_new_items("shopper", k=1)] == [shelf[0].item_id]
+    # The caller's exclusions and the user's own items are left out, as in `recommend`.
+    assert [r.item_id for r in client.recommend_new_items("shopper", exclude=[shelf[0].item_id])] == [shelf[1].item_id]
+    client.record(_views("shopper", ["item3", "item6", "item9", "new-1"]))
+    assert [r.item_id for r in client.recommend_new_items("shopper")] == ["new-0"]
+    with pytest.raises(TypeError, match="not one id"):
+        client.recommend_new_items("shopper", exclude="new-0")
+    with pytest.raises(ValueError, match="k must be positive"):
+        client.recommend_new_items("shopper", k=0)
+
+
 def test_a_new_model_version_encodes_added_items_again(tiny_model: dict[str, str], tmp_path: Path) -> None:
     # One backend: both keep encodings per version alike (test_interest_store); this is about the client.
     store = SqliteInterestStore(str(tmp_path / "state.sqlite"))
@@ -142,3 +164,5 @@ def test_cli_add_items_then_recommend(
     assert json.loads(out) == {"stored": 1, "encoded": 1, "rejected": 1, "model_version": 1}
     code, out = _cli(["recommend", "--user", "cli-user", "--k", "100", *where], capsys)
     assert code == 0 and "cli-new" in out and "Brand new (2026)" in out
+    code, out = _cli(["recommend", "--user", "cli-user", "--new-items", *where], capsys)
+    assert code == 0 and out.splitlines()[0].split()[:2] == ["1.", "cli-new"] and len(out.splitlines()) == 1

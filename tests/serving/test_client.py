@@ -237,7 +237,7 @@ def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]
     ("command", "phrases"),
     [
         ("record", ["JSON lines on stdin", "event_id", "unavailable", "--store", "redis://"]),
-        ("recommend", ["top k", "--k", "--timeout"]),
+        ("recommend", ["top k", "--k", "--timeout", "--new-items"]),
         ("score", ["-Infinity", "item ids", "add-items"]),
         ("add-items", ["encode_items", "stdin", "a newer model"]),
         ("interests", ["categories and items", "--json"]),
