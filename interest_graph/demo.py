@@ -11,7 +11,8 @@
    `bench/quality`.
 6. Add two films from after MovieLens' time, which the model never saw
    (`add_items`, the `encode_items` signature), and show how users who
-   watched their predecessors rank them against everyone else.
+   watched their predecessors rank them against everyone else, in the full
+   ranking and on the "new for you" shelf (`recommend_new_items`).
 7. Write `summary.json` and print what a user wants to see.
 """
 
@@ -166,15 +167,19 @@ def replay(client: InterestClient, held_out: dict[str, HeldOutEvent], users: lis
 def new_films_showcase(
     client: InterestClient, held_out: dict[str, HeldOutEvent], users: list[str], n_items: int
 ) -> list[dict[str, Any]]:
-    """Adds NEW_FILMS and compares their rank for users who watched the predecessor with everyone else's."""
+    """Adds NEW_FILMS and compares, for users who watched the predecessor and for everyone else, their rank
+    in the full ranking and how often each leads the "new for you" shelf (`recommend_new_items`)."""
     result = client.add_items(item for item, _ in NEW_FILMS)
     ranks: dict[str, dict[bool, list[int]]] = {item.item_id: {True: [], False: []} for item, _ in NEW_FILMS}
+    leads: dict[str, dict[bool, list[bool]]] = {item.item_id: {True: [], False: []} for item, _ in NEW_FILMS}
     for user_id in users:
         held = held_out[user_id]
         watched = {e.item_id for e in held.history} | {held.event.item_id}
         ranking = [r.item_id for r in client.recommend(user_id, n_items + len(NEW_FILMS))]
+        first_on_shelf = client.recommend_new_items(user_id, 1)[0].item_id
         for item, predecessor in NEW_FILMS:
             ranks[item.item_id][predecessor in watched].append(ranking.index(item.item_id) + 1)
+            leads[item.item_id][predecessor in watched].append(first_on_shelf == item.item_id)
     print(f"[demo] added {len(result.encoded)} films the model never saw; ranked them for {len(users)} users")
     return [
         {
@@ -183,6 +188,8 @@ def new_films_showcase(
             "predecessor": predecessor,
             "median_rank_watched_predecessor": float(np.median(ranks[item.item_id][True] or [np.nan])),
             "median_rank_others": float(np.median(ranks[item.item_id][False] or [np.nan])),
+            "shelf_first_watched_predecessor": float(np.mean(leads[item.item_id][True] or [np.nan])),
+            "shelf_first_others": float(np.mean(leads[item.item_id][False] or [np.nan])),
             "users_watched_predecessor": len(ranks[item.item_id][True]),
             "users_others": len(ranks[item.item_id][False]),
         }
@@ -359,7 +366,9 @@ def _print_summary(summary: dict[str, Any], titles: dict[str, str], output_dir: 
         print(
             f"  {film['title']!r}: {film['median_rank_watched_predecessor']:.0f} for the "
             f"{film['users_watched_predecessor']} users who watched {titles.get(film['predecessor'])!r}, "
-            f"{film['median_rank_others']:.0f} for the other {film['users_others']}"
+            f"{film['median_rank_others']:.0f} for the other {film['users_others']}; first on the new-items "
+            f"shelf for {film['shelf_first_watched_predecessor']:.0%} of the former, "
+            f"{film['shelf_first_others']:.0%} of the latter"
         )
     print("\nartifacts:")
     print(f"  summary          {os.path.join(output_dir, 'summary.json')}")
