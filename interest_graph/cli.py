@@ -151,8 +151,8 @@ def _add_items(args: argparse.Namespace) -> int:
 
 def _recommend(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        rank = client.recommend_new_items if args.new_items else client.recommend
-        recommendations = rank(args.user, args.k, exclude=args.exclude)
+        ranker = client.recommend_new_items if args.new_items else client.recommend
+        recommendations = ranker(args.user, args.k, exclude=args.exclude)
         for rank, r in enumerate(recommendations, start=1):
             item = client.store.item(r.item_id)
             title = f"  {item.title}" if item else ""
