@@ -181,9 +181,10 @@ def category_spread_groups(split: LeaveOneOutSplit, positions: Mapping[str, Any]
     Raises:
       ValueError: the positions were scored on other points (another window, another dataset, withheld items).
     """
+    scored = harness.scored_points(split)
     groups = {}
     for name in ranks.SPLITS:
-        points = harness.scored_points(split)[name]
+        points = scored[name]
         if positions.get("points", {}).get(name) != ranks.points_fingerprint(points):
             raise ValueError(f"the {name} positions were scored on other points than this split's")
         groups[name] = spread_thirds(points, split.items)

@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pytest
 
-from bench.quality import ModelSpec, paired, ranks
 from bench.quality import harness as h
+from bench.quality import paired, ranks
 from bench.quality.category_spread import THIRDS, category_spread, spread_thirds
-from bench.quality.item_cooccurrence import ItemCooccurrence
 from schemas.events import Item
-from tests.bench.test_quality_baselines import _cooccurrence_split, _event, _SeededPopularity
+from tests.bench.test_quality_baselines import _cooccurrence_split, _event
+from tests.bench.test_quality_paired import popularity_and_cooccurrence_results
 
 
 def _items(categories: dict[str, tuple[str, ...]]) -> dict[str, Item]:
@@ -63,10 +63,7 @@ def test_the_thirds_partition_the_points_from_narrowest_to_widest() -> None:
 
 def test_paired_by_category_spread_compares_each_third_on_its_own_points(tmp_path, monkeypatch, capsys) -> None:
     split = _split_with_categories()
-    monkeypatch.setitem(h.REGISTRY, "pop", ModelSpec(lambda config: _SeededPopularity(config)))
-    monkeypatch.setitem(h.REGISTRY, "cooc", ModelSpec(lambda config: ItemCooccurrence(config)))
-    results_path = str(tmp_path / "quality.json")
-    h.run_benchmark(split, ["pop", "cooc"], seeds=[0, 1], output=results_path)
+    results_path = popularity_and_cooccurrence_results(split, tmp_path, monkeypatch)
     loaded_windows = []
 
     def load(window: int):  # type: ignore[no-untyped-def]

@@ -138,12 +138,18 @@ def test_pairing_removes_what_the_points_share() -> None:
     assert result["low"] > 0
 
 
-def test_the_paired_command_writes_its_comparisons_and_their_picture(tmp_path, monkeypatch, capsys) -> None:
-    split = _cooccurrence_split()
+def popularity_and_cooccurrence_results(split, tmp_path, monkeypatch) -> str:  # type: ignore[no-untyped-def]
+    """Registers "pop" and "cooc", fits both on the split (seeds 0-1) and returns the results file's path."""
     monkeypatch.setitem(h.REGISTRY, "pop", ModelSpec(lambda config: _SeededPopularity(config)))
     monkeypatch.setitem(h.REGISTRY, "cooc", ModelSpec(lambda config: ItemCooccurrence(config)))
     results_path = str(tmp_path / "quality.json")
     h.run_benchmark(split, ["pop", "cooc"], seeds=[0, 1], output=results_path)
+    return results_path
+
+
+def test_the_paired_command_writes_its_comparisons_and_their_picture(tmp_path, monkeypatch, capsys) -> None:
+    split = _cooccurrence_split()
+    results_path = popularity_and_cooccurrence_results(split, tmp_path, monkeypatch)
     output = tmp_path / "tests.json"
     argv = ["--base", "pop", "--models", "cooc", "--results", results_path, "--output", str(output)]
     assert paired.main([*argv, "--metrics", "ndcg@10,hr@10"]) == 0
